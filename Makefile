@@ -1,0 +1,65 @@
+# podlock — the two set-up commands a newcomer needs are `make run` and `make test`.
+# Everything the project needs is installed from here: Debian packages (we run as root),
+# then a project-local virtualenv.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CERTS := .certs
+
+# Debian packages: the eBPF toolchain, container runtimes for the detector's end-to-end
+# tests, and the load tools for benchmarks.
+APT_PACKAGES := clang llvm libbpf-dev bpftool runc containerd busybox-static umoci wrk hyperfine
+
+BPF_DIR := detector/bpf
+BPF_SRC := $(wildcard $(BPF_DIR)/*.bpf.c)
+BPF_OBJ := $(BPF_SRC:.bpf.c=.bpf.o)
+
+.PHONY: run test lint typecheck unit bench bpf system-deps venv clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Installs only what is missing, so a machine that has everything pays nothing.
+system-deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(BPF_DIR)/vmlinux.h:
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
+
+$(BPF_DIR)/%.bpf.o: $(BPF_DIR)/%.bpf.c $(wildcard $(BPF_DIR)/*.h) $(BPF_DIR)/vmlinux.h
+	clang -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_x86 -I$(BPF_DIR) -c $< -o $@
+
+bpf: system-deps $(BPF_DIR)/vmlinux.h $(BPF_OBJ)
+
+lint: $(STAMP)
+	$(BIN)/ruff check webhook detector certs tests
+	$(BIN)/ruff format --check webhook detector certs tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP) bpf
+	$(BIN)/pytest
+
+test: system-deps $(STAMP) bpf lint typecheck unit
+
+run: system-deps $(STAMP)
+	$(BIN)/podlock lint examples/ || true
+
+bench: system-deps $(STAMP) bpf
+	$(BIN)/python tests/bench/run_all.py
+
+clean:
+	rm -rf $(VENV) $(CERTS) $(BPF_DIR)/*.o $(BPF_DIR)/vmlinux.h
