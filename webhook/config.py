@@ -1,0 +1,233 @@
+"""The policy file: read once at the edge into frozen values, then passed down explicitly.
+
+A bad file is refused with one sentence naming the file, the key and what is wrong.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Literal, cast, get_args
+
+import yaml
+
+Mode = Literal["enforce", "warn", "audit"]
+ExecAction = Literal["deny", "warn", "audit", "off"]
+MODES: tuple[Mode, ...] = get_args(Mode)
+EXEC_ACTIONS: tuple[ExecAction, ...] = get_args(ExecAction)
+
+POD_RULES = ("privileged-container", "root-user", "writable-root-filesystem")
+EXEC_RULE = "exec-into-hardened-pod"
+
+SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+DEFAULT_POLICY_NAME = "default_policy.yaml"
+
+
+class ConfigError(Exception):
+    """The policy file is unusable; str() is one sentence for the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImageProfile:
+    name: str
+    images: tuple[str, ...]  # repository names or shell-style patterns
+    paths: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    default_mode: Mode = "enforce"
+    """Mode used when a request or command names none."""
+    enabled_rules: frozenset[str] = frozenset(POD_RULES)
+    """Pod rules switched on."""
+    exec_action: ExecAction = "audit"
+    """What exec-into-hardened-pod does with a kubectl exec/attach in an enforce namespace."""
+    exempt_namespaces: tuple[str, ...] = ("kube-system", "podlock-system")
+    """Never judged or changed; deploy/'s namespaceSelectors are rendered from this list."""
+    pod_opt_out_namespaces: frozenset[str] = frozenset()
+    """Namespaces whose pods may exempt themselves with `podlock.io/exempt: "true"`."""
+    default_writable_paths: tuple[str, ...] = ("/tmp",)
+    forbidden_writable_paths: tuple[str, ...] = ("/",)
+    image_profiles: tuple[ImageProfile, ...] = ()
+    empty_dir_medium: str = ""
+    empty_dir_size_limit: str = ""
+
+
+def load_settings(path: str | None) -> Settings:
+    """Read a policy file over the embedded default; None gives the embedded default."""
+    default_text = resources.files("webhook").joinpath(DEFAULT_POLICY_NAME).read_text("utf-8")
+    base = _parse_yaml(default_text, f"<embedded {DEFAULT_POLICY_NAME}>")
+    if path is None:
+        return settings_from_mapping(base, f"<embedded {DEFAULT_POLICY_NAME}>")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the policy file: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the policy file is not UTF-8 text") from None
+    overlay = _parse_yaml(text, path)
+    return settings_from_mapping({**base, **overlay}, path)
+
+
+def _parse_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.load(text, Loader=SafeLoader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f"line {mark.line + 1}" if mark is not None else "somewhere"
+        raise ConfigError(f"{source}: {where}: not valid YAML: {err.problem}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the policy must be a mapping of keys, not a {_kind(data)}")
+    return data
+
+
+def settings_from_mapping(data: Mapping[str, Any], source: str) -> Settings:
+    """Validate a parsed policy document (every key present) and build Settings."""
+    reader = _Reader(source)
+    known = {
+        "apiVersion",
+        "kind",
+        "defaultMode",
+        "rules",
+        "exemptNamespaces",
+        "podOptOutNamespaces",
+        "writablePaths",
+        "imageProfiles",
+        "emptyDir",
+    }
+    reader.no_unknown_keys(data, known, "")
+    if data.get("kind", "Policy") != "Policy":
+        raise ConfigError(f"{source}: kind: must be Policy, not {data.get('kind')!r}")
+
+    mode = reader.choice(data.get("defaultMode"), MODES, "defaultMode")
+
+    rules = reader.mapping(data.get("rules"), "rules")
+    reader.no_unknown_keys(rules, {*POD_RULES, EXEC_RULE}, "rules")
+    enabled = frozenset(
+        rule for rule in POD_RULES if reader.switch(rules.get(rule, True), f"rules.{rule}")
+    )
+    exec_value = rules.get(EXEC_RULE, "audit")
+    if exec_value is False:  # YAML 1.1 reads a bare `off` as false
+        exec_value = "off"
+    exec_action = reader.choice(exec_value, EXEC_ACTIONS, f"rules.{EXEC_RULE}")
+
+    exempt = reader.names(data.get("exemptNamespaces"), "exemptNamespaces")
+    opt_out = reader.names(data.get("podOptOutNamespaces"), "podOptOutNamespaces")
+
+    writable = reader.mapping(data.get("writablePaths"), "writablePaths")
+    reader.no_unknown_keys(writable, {"defaults", "forbidden"}, "writablePaths")
+    defaults = reader.paths(writable.get("defaults", ["/tmp"]), "writablePaths.defaults")
+    forbidden = reader.paths(writable.get("forbidden", ["/"]), "writablePaths.forbidden")
+
+    profiles: list[ImageProfile] = []
+    raw_profiles = data.get("imageProfiles") or []
+    if not isinstance(raw_profiles, list):
+        raise ConfigError(f"{source}: imageProfiles: must be a list, not a {_kind(raw_profiles)}")
+    for index, raw in enumerate(raw_profiles):
+        where = f"imageProfiles[{index}]"
+        entry = reader.mapping(raw, where)
+        reader.no_unknown_keys(entry, {"name", "images", "paths"}, where)
+        profiles.append(
+            ImageProfile(
+                name=reader.text(entry.get("name", f"profile-{index}"), f"{where}.name"),
+                images=reader.names(entry.get("images"), f"{where}.images"),
+                paths=reader.paths(entry.get("paths"), f"{where}.paths"),
+            )
+        )
+
+    empty_dir = reader.mapping(data.get("emptyDir"), "emptyDir")
+    reader.no_unknown_keys(empty_dir, {"medium", "sizeLimit"}, "emptyDir")
+    medium = reader.choice(empty_dir.get("medium") or "", ("", "Memory"), "emptyDir.medium")
+    size_limit = reader.text(empty_dir.get("sizeLimit") or "", "emptyDir.sizeLimit")
+
+    return Settings(
+        default_mode=mode,
+        enabled_rules=enabled,
+        exec_action=exec_action,
+        exempt_namespaces=exempt,
+        pod_opt_out_namespaces=frozenset(opt_out),
+        default_writable_paths=defaults,
+        forbidden_writable_paths=forbidden,
+        image_profiles=tuple(profiles),
+        empty_dir_medium=medium,
+        empty_dir_size_limit=size_limit,
+    )
+
+
+def _kind(value: object) -> str:
+    return {dict: "mapping", list: "list", str: "string", bool: "boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+class _Reader:
+    """Typed accessors that raise ConfigError naming the file and the key."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {key}: {problem}")
+
+    def no_unknown_keys(self, data: Mapping[str, Any], known: set[str], where: str) -> None:
+        for key in data:
+            if key not in known:
+                path = f"{where}.{key}" if where else str(key)
+                raise self.fail(path, f"unknown key (expected one of {', '.join(sorted(known))})")
+
+    def mapping(self, value: object, key: str) -> Mapping[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(key, f"must be a mapping, not a {_kind(value)}")
+        return cast(Mapping[str, Any], value)
+
+    def choice(self, value: object, allowed: tuple[str, ...], key: str) -> Any:
+        if value not in allowed:
+            shown = ", ".join(repr(a) if a == "" else a for a in allowed)
+            raise self.fail(key, f"must be one of {shown}, not {value!r}")
+        return value
+
+    def switch(self, value: object, key: str) -> bool:
+        # YAML 1.1 reads on/off as booleans; accept the quoted words too.
+        if isinstance(value, bool):
+            return value
+        if value in ("on", "off"):
+            return value == "on"
+        raise self.fail(key, f"must be on or off, not {value!r}")
+
+    def text(self, value: object, key: str) -> str:
+        if not isinstance(value, str):
+            raise self.fail(key, f"must be a string, not a {_kind(value)}")
+        return value
+
+    def names(self, value: object, key: str) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise self.fail(key, f"must be a list of strings, not a {_kind(value)}")
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or not item:
+                raise self.fail(f"{key}[{index}]", f"must be a non-empty string, not {item!r}")
+        return tuple(value)
+
+    def paths(self, value: object, key: str) -> tuple[str, ...]:
+        items = self.names(value, key)
+        for index, item in enumerate(items):
+            if not item.startswith("/"):
+                raise self.fail(f"{key}[{index}]", f"must be an absolute path, not {item!r}")
+        return tuple(normalize_path(item) for item in items)
+
+
+def normalize_path(path: str) -> str:
+    """`/var/run/` and `/var//run` are `/var/run`; `/` stays `/`."""
+    normal = posixpath.normpath(path)
+    return "/" if normal == "//" else normal

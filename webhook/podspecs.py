@@ -1,0 +1,132 @@
+"""Where pod specs live inside Kubernetes objects, and the containers inside a pod spec.
+
+The one walker that the webhook, `podlock review` and `podlock lint` all use. It never
+raises on odd input: anything that is not shaped like a pod spec is simply not one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+Path = tuple[str | int, ...]
+
+# kind -> path from the object to its pod spec
+POD_SPEC_PATHS: Mapping[str, Path] = {
+    "Pod": ("spec",),
+    "Deployment": ("spec", "template", "spec"),
+    "StatefulSet": ("spec", "template", "spec"),
+    "DaemonSet": ("spec", "template", "spec"),
+    "ReplicaSet": ("spec", "template", "spec"),
+    "ReplicationController": ("spec", "template", "spec"),
+    "Job": ("spec", "template", "spec"),
+    "CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
+}
+WORKLOAD_KINDS = frozenset(POD_SPEC_PATHS)
+
+CONTAINER_GROUPS = ("containers", "initContainers", "ephemeralContainers")
+
+
+@dataclass(frozen=True, slots=True)
+class PodSpecRef:
+    """A pod spec found in an object, with what the policy needs to know about it."""
+
+    kind: str
+    name: str
+    namespace: str  # "" when the manifest sets none
+    path: Path  # from the document root to the pod spec
+    spec: Mapping[str, Any]
+    annotations: Mapping[str, str] = field(default_factory=dict)  # of the pod (or template)
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def is_template(self) -> bool:
+        return self.kind != "Pod"
+
+    @property
+    def is_windows(self) -> bool:
+        os_spec = self.spec.get("os")
+        return isinstance(os_spec, dict) and os_spec.get("name") == "windows"
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerRef:
+    group: str  # containers | initContainers | ephemeralContainers
+    index: int
+    name: str
+    container: Mapping[str, Any]
+
+    @property
+    def path(self) -> Path:
+        return (self.group, self.index)
+
+
+def mapping(value: object) -> Mapping[str, Any]:
+    """The value if it is a mapping, else an empty one: odd input is judged, not crashed on."""
+    return value if isinstance(value, dict) else {}
+
+
+def _get(obj: object, path: Path) -> object:
+    for step in path:
+        if isinstance(step, str) and isinstance(obj, dict):
+            obj = obj.get(step)
+        else:
+            return None
+    return obj
+
+
+def _strings(value: object) -> Mapping[str, str]:
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def pod_specs(doc: object, prefix: Path = ()) -> Iterator[PodSpecRef]:
+    """Every pod spec in a document: a Pod, a workload's template, or items of a `kind: List`."""
+    if not isinstance(doc, dict):
+        return
+    kind = doc.get("kind")
+    if kind == "List" or (isinstance(kind, str) and kind.endswith("List") and "items" in doc):
+        items = doc.get("items")
+        if isinstance(items, list):
+            for index, item in enumerate(items):
+                yield from pod_specs(item, (*prefix, "items", index))
+        return
+    if not isinstance(kind, str) or kind not in POD_SPEC_PATHS:
+        return
+    spec_path = POD_SPEC_PATHS[kind]
+    spec = _get(doc, spec_path)
+    if not isinstance(spec, dict):
+        return
+    metadata = mapping(doc.get("metadata"))
+    pod_metadata = metadata if kind == "Pod" else mapping(_get(doc, (*spec_path[:-1], "metadata")))
+    name = metadata.get("name") or metadata.get("generateName") or ""
+    namespace = metadata.get("namespace") or ""
+    yield PodSpecRef(
+        kind=kind,
+        name=name if isinstance(name, str) else str(name),
+        namespace=namespace if isinstance(namespace, str) else str(namespace),
+        path=(*prefix, *spec_path),
+        spec=spec,
+        annotations=_strings(pod_metadata.get("annotations")),
+        labels=_strings(pod_metadata.get("labels")),
+    )
+
+
+def containers(spec: Mapping[str, Any]) -> Iterator[ContainerRef]:
+    """Every container of a pod spec, in containers, initContainers and ephemeralContainers."""
+    for group in CONTAINER_GROUPS:
+        items = spec.get(group)
+        if not isinstance(items, list):
+            continue
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                continue
+            name = item.get("name")
+            yield ContainerRef(
+                group=group,
+                index=index,
+                name=name if isinstance(name, str) and name else f"{group}[{index}]",
+                container=item,
+            )

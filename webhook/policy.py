@@ -1,0 +1,167 @@
+"""The policy: pure functions from a pod spec and settings to violations.
+
+No I/O, no Flask, no globals beyond constant tables. The webhook, `podlock review` and
+`podlock lint` all judge through `evaluate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from webhook.config import Settings
+from webhook.podspecs import ContainerRef, Path, PodSpecRef, containers, mapping
+
+PRIVILEGED = "privileged-container"
+ROOT_USER = "root-user"
+WRITABLE_ROOT = "writable-root-filesystem"
+EXEC_INTO_POD = "exec-into-hardened-pod"
+
+# How an unset readOnlyRootFilesystem is judged:
+#   lint     - manifests should say what they mean: anything but true is reported;
+#   pod      - admission judges a Pod after hardening: unset means mutation did not run;
+#   template - the pods a workload creates will be hardened: only an explicit non-true counts.
+Context = Literal["lint", "pod", "template"]
+
+OPT_OUT_KEY = "podlock.io/exempt"
+
+
+@dataclass(frozen=True, slots=True)
+class RuleInfo:
+    id: str
+    title: str
+    description: str
+    help: str
+    severity: Literal["error", "warning", "note"]
+
+
+RULES: Mapping[str, RuleInfo] = {
+    rule.id: rule
+    for rule in (
+        RuleInfo(
+            PRIVILEGED,
+            "Privileged container",
+            "A privileged container can change the node and its own root filesystem, whatever "
+            "readOnlyRootFilesystem says.",
+            "Remove securityContext.privileged or set it to false; grant only the capabilities "
+            "the container needs.",
+            "error",
+        ),
+        RuleInfo(
+            ROOT_USER,
+            "Container runs as root",
+            "A container whose effective runAsUser is 0 runs as root: it can rewrite whatever "
+            "in its filesystem is writable.",
+            "Set securityContext.runAsUser to a non-zero UID on the container (or the pod) and "
+            "runAsNonRoot: true.",
+            "error",
+        ),
+        RuleInfo(
+            WRITABLE_ROOT,
+            "Writable root filesystem",
+            "A container whose root filesystem is writable can be changed in place, behind the "
+            "image's back.",
+            "Set securityContext.readOnlyRootFilesystem: true and mount an emptyDir volume at "
+            "each path the application writes (podlock lint --fix does both).",
+            "error",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    rule: str
+    container: str
+    path: Path  # relative to the pod spec: the field to change
+    message: str
+
+    def describe(self) -> str:
+        return f'container "{self.container}": {self.rule}: {self.message}'
+
+
+def evaluate(
+    spec: Mapping[str, Any],
+    settings: Settings,
+    context: Context,
+    only: Iterable[str] | None = None,
+) -> list[Violation]:
+    """Judge every container of a pod spec (or only the containers named in `only`)."""
+    names = None if only is None else frozenset(only)
+    enabled = settings.enabled_rules
+    pod_context = mapping(spec.get("securityContext"))
+    windows = mapping(spec.get("os")).get("name") == "windows"
+    found: list[Violation] = []
+    for ref in containers(spec):
+        if names is not None and ref.name not in names:
+            continue
+        context_of = mapping(ref.container.get("securityContext"))
+        context_path: Path = (*ref.path, "securityContext")
+        if PRIVILEGED in enabled and context_of.get("privileged") is True:
+            found.append(
+                Violation(PRIVILEGED, ref.name, (*context_path, "privileged"), "privileged is true")
+            )
+        if ROOT_USER in enabled:
+            violation = _root_user(ref, context_of, pod_context)
+            if violation is not None:
+                found.append(violation)
+        if WRITABLE_ROOT in enabled and not windows:
+            violation = _writable_root(ref, context_of, context)
+            if violation is not None:
+                found.append(violation)
+    return found
+
+
+def _root_user(
+    ref: ContainerRef, context_of: Mapping[str, Any], pod_context: Mapping[str, Any]
+) -> Violation | None:
+    own = context_of.get("runAsUser")
+    if own is not None:
+        if _is_zero(own):
+            path: Path = (*ref.path, "securityContext", "runAsUser")
+            return Violation(ROOT_USER, ref.name, path, "runAsUser is 0")
+        return None
+    if _is_zero(pod_context.get("runAsUser")):
+        return Violation(
+            ROOT_USER,
+            ref.name,
+            ("securityContext", "runAsUser"),
+            "runAsUser is 0 (inherited from the pod's securityContext)",
+        )
+    return None
+
+
+def _is_zero(value: object) -> bool:
+    # bool is an int in Python: `false` is not UID 0.
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == 0
+
+
+def _writable_root(
+    ref: ContainerRef, context_of: Mapping[str, Any], context: Context
+) -> Violation | None:
+    value = context_of.get("readOnlyRootFilesystem")
+    if value is True:
+        return None
+    if value is None:
+        if context == "template":
+            return None
+        message = "readOnlyRootFilesystem is not set"
+    elif value is False:
+        message = "readOnlyRootFilesystem is false"
+    else:
+        message = f"readOnlyRootFilesystem is {value!r}, not true"
+    return Violation(
+        WRITABLE_ROOT, ref.name, (*ref.path, "securityContext", "readOnlyRootFilesystem"), message
+    )
+
+
+def exemption(ref: PodSpecRef, namespace: str, settings: Settings) -> str | None:
+    """Why this pod is not judged at all, or None. `namespace` is where it is being created."""
+    if namespace in settings.exempt_namespaces:
+        return f"namespace {namespace} is exempt"
+    if namespace in settings.pod_opt_out_namespaces and (
+        ref.annotations.get(OPT_OUT_KEY) == "true" or ref.labels.get(OPT_OUT_KEY) == "true"
+    ):
+        return f"{OPT_OUT_KEY} is allowed in namespace {namespace}"
+    return None

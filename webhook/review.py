@@ -1,0 +1,281 @@
+"""AdmissionReview in, AdmissionReview out: the whole admission decision, without HTTP.
+
+The Flask app and `podlock review` both call `review()` and send its bytes unchanged, so the
+two can never disagree. Error contract (what the HTTP layer turns into status codes):
+
+    object allowed            -> Outcome, allowed: true (HTTP 200)
+    object denied             -> Outcome, allowed: false, status.code 403 (HTTP 200)
+    request unusable          -> RequestError(400): not JSON, not AdmissionReview v1, no uid
+    request too large         -> RequestError(413)
+    anything else             -> our bug: the HTTP layer's 500
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from webhook import policy
+from webhook.config import Mode, Settings
+from webhook.hardening import plan_hardening, to_json_patch
+from webhook.podspecs import WORKLOAD_KINDS, PodSpecRef, containers, mapping, pod_specs
+
+Endpoint = Literal["mutate", "validate"]
+MAX_BODY_BYTES = 6 * 1024 * 1024
+MAX_WARNING = 119  # the API server shows warnings under 120 characters
+API_VERSION = "admission.k8s.io/v1"
+
+
+class RequestError(Exception):
+    """The request itself is unusable (not the object in it)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    body: bytes  # the serialized AdmissionReview response
+    allowed: bool
+    operation: str
+    kind: str
+    rules: tuple[str, ...]  # rules that fired, as violations or would-be violations
+    patched: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    uid: str
+    operation: str
+    kind: str
+    resource: str
+    sub_resource: str
+    namespace: str
+    name: str
+    obj: Mapping[str, Any]
+    old: Mapping[str, Any]
+
+
+@dataclass(slots=True)
+class _Answer:
+    allowed: bool = True
+    message: str = ""
+    patch: list[dict[str, Any]] | None = None
+    warnings: tuple[str, ...] = ()
+    audit: Mapping[str, str] | None = None
+    rules: tuple[str, ...] = ()
+
+
+def review(raw: bytes, endpoint: Endpoint, mode: Mode, settings: Settings) -> Outcome:
+    if len(raw) > MAX_BODY_BYTES:
+        raise RequestError(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
+    request = parse_request(raw)
+    if request.namespace in settings.exempt_namespaces:
+        answer = _Answer()
+    elif endpoint == "mutate":
+        answer = _mutate(request, mode, settings)
+    else:
+        answer = _validate(request, mode, settings)
+    return Outcome(
+        body=_serialize(request.uid, answer),
+        allowed=answer.allowed,
+        operation=request.operation,
+        kind=request.kind,
+        rules=answer.rules,
+        patched=answer.patch is not None,
+    )
+
+
+def parse_request(raw: bytes) -> _Request:
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RequestError(400, f"request body is not JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise RequestError(400, "request body is not a JSON object")
+    if data.get("kind") != "AdmissionReview" or data.get("apiVersion") != API_VERSION:
+        raise RequestError(400, f"request body is not an AdmissionReview {API_VERSION}")
+    request = data.get("request")
+    if not isinstance(request, dict):
+        raise RequestError(400, "AdmissionReview has no request object")
+    uid = request.get("uid")
+    if not isinstance(uid, str) or not uid:
+        raise RequestError(400, "AdmissionReview request has no uid")
+    return _Request(
+        uid=uid,
+        operation=_text(request.get("operation")),
+        kind=_text(mapping(request.get("kind")).get("kind")),
+        resource=_text(mapping(request.get("resource")).get("resource")),
+        sub_resource=_text(request.get("subResource")),
+        namespace=_text(request.get("namespace")),
+        name=_text(request.get("name")),
+        obj=mapping(request.get("object")),
+        old=mapping(request.get("oldObject")),
+    )
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _pod_ref(request: _Request, obj: Mapping[str, Any]) -> PodSpecRef | None:
+    """The pod spec of the request's object, judged as the request's kind says it is."""
+    if request.kind not in WORKLOAD_KINDS:
+        return None
+    typed = {**obj, "kind": request.kind}  # the kind of the request is authoritative
+    return next(pod_specs(typed), None)
+
+
+def _new_ephemeral(request: _Request) -> frozenset[str]:
+    def names(obj: Mapping[str, Any]) -> set[str]:
+        spec = mapping(obj.get("spec"))
+        return {c.name for c in containers(spec) if c.group == "ephemeralContainers"}
+
+    return frozenset(names(request.obj) - names(request.old))
+
+
+def _is_pod(request: _Request, sub_resource: str) -> bool:
+    return request.resource == "pods" and request.sub_resource == sub_resource
+
+
+def _mutate(request: _Request, mode: Mode, settings: Settings) -> _Answer:
+    if _is_pod(request, "") and request.operation == "CREATE":
+        only = None
+    elif _is_pod(request, "ephemeralcontainers") and request.operation == "UPDATE":
+        only = _new_ephemeral(request)
+        if not only:
+            return _Answer()
+    else:
+        return _Answer()
+    ref = _pod_ref(request, request.obj)
+    if ref is None or policy.exemption(ref, request.namespace, settings):
+        return _Answer()
+    hardening = plan_hardening(ref, settings, only)
+    notes = tuple(f"podlock: {note}" for note in hardening.notes)
+    if not hardening.ops:
+        return _Answer(warnings=_warnings(notes))
+    rules = (policy.WRITABLE_ROOT,)
+    if mode == "enforce":
+        patch = to_json_patch(hardening.ops, ("spec",))
+        done = tuple(f"podlock {change}" for change in hardening.changes)
+        return _Answer(patch=patch, warnings=_warnings(done + notes), rules=rules)
+    if mode == "warn":
+        would = tuple(f"podlock would {change}" for change in hardening.changes)
+        return _Answer(warnings=_warnings(would + notes), rules=rules)
+    return _Answer(audit={"mutations": "; ".join(hardening.changes)}, rules=rules)
+
+
+def _validate(request: _Request, mode: Mode, settings: Settings) -> _Answer:
+    if request.operation == "CONNECT":
+        return _validate_exec(request, mode, settings)
+    if request.kind == "Pod":
+        if _is_pod(request, "") and request.operation == "CREATE":
+            violations = _judge(request, request.obj, settings, "pod", None)
+        elif _is_pod(request, "ephemeralcontainers") and request.operation == "UPDATE":
+            violations = _judge(request, request.obj, settings, "pod", _new_ephemeral(request))
+        else:
+            return _Answer()  # a label change or finalizer removal is never refused
+    elif request.kind in WORKLOAD_KINDS and request.operation in ("CREATE", "UPDATE"):
+        violations = _judge(request, request.obj, settings, "template", None)
+        if request.operation == "UPDATE":
+            # Only what this change introduces: scaling or relabelling a legacy workload passes.
+            before = {
+                (v.rule, v.container)
+                for v in _judge(request, request.old, settings, "template", None)
+            }
+            violations = [v for v in violations if (v.rule, v.container) not in before]
+    else:
+        return _Answer()
+    if not violations:
+        return _Answer()
+    rules = tuple(dict.fromkeys(v.rule for v in violations))
+    lines = [v.describe() for v in violations]
+    if mode == "enforce":
+        subject = f"{request.kind} {request.namespace}/{_object_name(request)}"
+        return _Answer(
+            allowed=False, message=f"podlock denied {subject}: " + "; ".join(lines), rules=rules
+        )
+    if mode == "warn":
+        return _Answer(warnings=_warnings(tuple(f"podlock: {line}" for line in lines)), rules=rules)
+    return _Answer(audit={"violations": "; ".join(lines)}, rules=rules)
+
+
+def _object_name(request: _Request) -> str:
+    metadata = mapping(request.obj.get("metadata"))
+    name = request.name or metadata.get("name") or metadata.get("generateName") or ""
+    return name if isinstance(name, str) else ""
+
+
+def _judge(
+    request: _Request,
+    obj: Mapping[str, Any],
+    settings: Settings,
+    context: policy.Context,
+    only: frozenset[str] | None,
+) -> list[policy.Violation]:
+    ref = _pod_ref(request, obj)
+    if ref is None or policy.exemption(ref, request.namespace, settings):
+        return []
+    return policy.evaluate(ref.spec, settings, context, only)
+
+
+def _validate_exec(request: _Request, mode: Mode, settings: Settings) -> _Answer:
+    if request.resource != "pods" or request.sub_resource not in ("exec", "attach"):
+        return _Answer()
+    action = _weakest(settings.exec_action, mode)
+    if action == "off":
+        return _Answer()
+    options = request.obj
+    container = _text(options.get("container")) or "(default)"
+    command = options.get("command")
+    argv = " ".join(c for c in command if isinstance(c, str)) if isinstance(command, list) else ""
+    what = f"kubectl {request.sub_resource} into pod {request.namespace}/{request.name}"
+    detail = f"container {container}" + (f", command {argv}" if argv else "")
+    rules = (policy.EXEC_INTO_POD,)
+    if action == "deny":
+        message = (
+            f"podlock denied {what} ({detail}): {policy.EXEC_INTO_POD}: containers here are "
+            "immutable; ship a new image instead"
+        )
+        return _Answer(allowed=False, message=message, rules=rules)
+    if action == "warn":
+        warning = f"podlock: {policy.EXEC_INTO_POD}: {what} ({detail})"
+        return _Answer(warnings=_warnings((warning,)), rules=rules)
+    return _Answer(audit={"exec": f"{what} ({detail})"}, rules=rules)
+
+
+_STRENGTH = {"off": 0, "audit": 1, "warn": 2, "deny": 3}
+_MODE_CAP = {"enforce": "deny", "warn": "warn", "audit": "audit"}
+
+
+def _weakest(action: str, mode: Mode) -> str:
+    """A namespace's mode caps the exec rule's action: warn namespaces never deny."""
+    cap = _MODE_CAP[mode]
+    return action if _STRENGTH[action] <= _STRENGTH[cap] else cap
+
+
+def _warnings(lines: Sequence[str]) -> tuple[str, ...]:
+    return tuple(
+        line if len(line) <= MAX_WARNING else line[: MAX_WARNING - 1] + "…" for line in lines
+    )
+
+
+def _serialize(uid: str, answer: _Answer) -> bytes:
+    response: dict[str, Any] = {"uid": uid, "allowed": answer.allowed}
+    if not answer.allowed:
+        response["status"] = {"code": 403, "reason": "Forbidden", "message": answer.message}
+    if answer.patch is not None:
+        response["patchType"] = "JSONPatch"
+        patch = json.dumps(answer.patch, separators=(",", ":")).encode()
+        response["patch"] = base64.b64encode(patch).decode()
+    if answer.warnings:
+        response["warnings"] = list(answer.warnings)
+    if answer.audit:
+        response["auditAnnotations"] = dict(answer.audit)
+    review = {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response}
+    return json.dumps(review, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
