@@ -9,24 +9,25 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from webhook.config import Settings, normalize_path
+from webhook.config import ImageProfile, Settings, normalize_path
 from webhook.podspecs import ContainerRef, Path, PodSpecRef, containers
 
 WRITABLE_PATHS_KEY = "podlock.io/writable-paths"
 MAX_NAME = 63  # volume names are DNS labels
 
 
-@dataclass(frozen=True, slots=True)
-class Add:
+class Add(NamedTuple):
     """One RFC 6902 "add": a new key in a mapping, or (last segment "-") a list append.
 
     Adding a key that exists with a null value replaces the null, as RFC 6902 says.
+    (A NamedTuple, not a dataclass: plans are built on every admission and this is cheaper.)
     """
 
     path: Path  # relative to the pod spec
@@ -99,19 +100,29 @@ def plan_hardening(
 
 def writable_paths_for(
     ref: ContainerRef, settings: Settings, requested: Mapping[str, tuple[str, ...]]
-) -> list[str]:
+) -> tuple[str, ...]:
     """Defaults, image profiles and the annotation, keeping only the outermost of nested paths."""
-    paths: list[str] = list(settings.default_writable_paths)
     image = ref.container.get("image")
-    if isinstance(image, str):
-        repo = image_repository(image)
-        for profile in settings.image_profiles:
-            if any(fnmatch.fnmatchcase(repo, pattern) for pattern in profile.images):
-                paths.extend(profile.paths)
-    paths.extend(requested.get("*", ()))
-    paths.extend(requested.get(ref.name, ()))
-    unique = list(dict.fromkeys(paths))
-    return [p for p in unique if not any(_covers(other, p) for other in unique if other != p)]
+    profiled = _profile_paths(image, settings.image_profiles) if isinstance(image, str) else ()
+    extra = requested.get("*", ()) + requested.get(ref.name, ()) if requested else ()
+    return _outermost((*settings.default_writable_paths, *profiled, *extra))
+
+
+@functools.lru_cache(maxsize=1024)
+def _profile_paths(image: str, profiles: tuple[ImageProfile, ...]) -> tuple[str, ...]:
+    repo = image_repository(image)
+    return tuple(
+        path
+        for profile in profiles
+        if any(fnmatch.fnmatchcase(repo, pattern) for pattern in profile.images)
+        for path in profile.paths
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _outermost(paths: tuple[str, ...]) -> tuple[str, ...]:
+    unique = tuple(dict.fromkeys(paths))
+    return tuple(p for p in unique if not any(_covers(o, p) for o in unique if o != p))
 
 
 def _mounts_for(
@@ -166,6 +177,7 @@ def _volume_names(volumes: object) -> set[str]:
     return {v["name"] for v in volumes if isinstance(v, dict) and isinstance(v.get("name"), str)}
 
 
+@functools.lru_cache(maxsize=4096)
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "root"
 
@@ -190,6 +202,7 @@ def _shorten(text: str, limit: int = 110) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+@functools.lru_cache(maxsize=4096)
 def image_repository(image: str) -> str:
     """`docker.io/library/nginx:1.27@sha256:…` -> `nginx`; `quay.io/org/app:v1` -> `org/app`."""
     name = image.split("@", 1)[0]
@@ -216,6 +229,8 @@ def parse_writable_paths(
     """
     result: dict[str, list[str]] = {}
     notes: list[str] = []
+    if not value:
+        return {}, notes
     for entry in re.split(r"[;\n]", value):
         entry = entry.strip()
         if not entry:
@@ -246,7 +261,10 @@ def _forbidden(path: str, forbidden: Iterable[str]) -> bool:
 
 def pointer(path: Path) -> str:
     """RFC 6901 JSON Pointer for a path."""
-    return "".join("/" + str(step).replace("~", "~0").replace("/", "~1") for step in path)
+    text = "/".join(map(str, path))
+    if "~" in text or text.count("/") != len(path) - 1:  # some key needs escaping
+        return "".join("/" + str(step).replace("~", "~0").replace("/", "~1") for step in path)
+    return "/" + text
 
 
 def to_json_patch(ops: Iterable[Add], prefix: Path) -> list[dict[str, Any]]:

@@ -13,10 +13,11 @@ two can never disagree. Error contract (what the HTTP layer turns into status co
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import orjson
 
 from webhook import policy
 from webhook.config import Mode, Settings
@@ -93,8 +94,8 @@ def review(raw: bytes, endpoint: Endpoint, mode: Mode, settings: Settings) -> Ou
 
 def parse_request(raw: bytes) -> _Request:
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as err:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
         raise RequestError(400, f"request body is not JSON: {err}") from None
     if not isinstance(data, dict):
         raise RequestError(400, "request body is not a JSON object")
@@ -271,11 +272,10 @@ def _serialize(uid: str, answer: _Answer) -> bytes:
         response["status"] = {"code": 403, "reason": "Forbidden", "message": answer.message}
     if answer.patch is not None:
         response["patchType"] = "JSONPatch"
-        patch = json.dumps(answer.patch, separators=(",", ":")).encode()
-        response["patch"] = base64.b64encode(patch).decode()
+        response["patch"] = base64.b64encode(orjson.dumps(answer.patch)).decode()
     if answer.warnings:
         response["warnings"] = list(answer.warnings)
     if answer.audit:
         response["auditAnnotations"] = dict(answer.audit)
     review = {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response}
-    return json.dumps(review, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    return orjson.dumps(review, option=orjson.OPT_APPEND_NEWLINE)
