@@ -1,0 +1,101 @@
+"""Alerts as values, and their two wire forms: Falco's JSON and Falco's text line."""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+FieldValue = str | int | None
+
+
+class Priority(enum.Enum):
+    """Falco's priorities, spelled as Falco writes them; most severe first."""
+
+    EMERGENCY = "Emergency"
+    ALERT = "Alert"
+    CRITICAL = "Critical"
+    ERROR = "Error"
+    WARNING = "Warning"
+    NOTICE = "Notice"
+    INFORMATIONAL = "Informational"
+    DEBUG = "Debug"
+
+    @property
+    def severity(self) -> int:
+        """0 = Emergency … 7 = Debug (syslog numbering, as Falco uses)."""
+        return _SEVERITY[self]
+
+    def at_least(self, minimum: Priority) -> bool:
+        """True when this priority is as severe as `minimum` or more."""
+        return _SEVERITY[self] <= _SEVERITY[minimum]
+
+    @classmethod
+    def parse(cls, text: str) -> Priority | None:
+        """Case-insensitive, as Falco reads rules (`ERROR`, `Error`, `error`, `info`)."""
+        return _BY_LOWER.get(text.strip().lower())
+
+
+_SEVERITY = {p: i for i, p in enumerate(Priority)}
+_BY_LOWER = {p.value.lower(): p for p in Priority} | {"info": Priority.INFORMATIONAL}
+
+PRIORITY_NAMES = ", ".join(p.value for p in Priority)
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert; `output` is the rendered rule output without time or priority."""
+
+    time_ns: int
+    rule: str
+    priority: Priority
+    output: str
+    output_fields: Mapping[str, FieldValue]
+    tags: tuple[str, ...]
+    hostname: str
+
+    def to_text(self) -> str:
+        """Falco's text line: `HH:MM:SS.nnnnnnnnn: Priority output` (UTC)."""
+        return f"{clock_time(self.time_ns)}: {self.priority.value} {self.output}"
+
+    def to_dict(self) -> dict[str, object]:
+        """Falco's JSON alert shape; `output` carries the full text line as Falco's does."""
+        return {
+            "hostname": self.hostname,
+            "output": self.to_text(),
+            "output_fields": dict(self.output_fields),
+            "priority": self.priority.value,
+            "rule": self.rule,
+            "source": "podlock",
+            "tags": list(self.tags),
+            "time": rfc3339_nanos(self.time_ns),
+        }
+
+    def to_json(self) -> str:
+        """One line of JSON, no trailing newline."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+
+
+def rfc3339_nanos(time_ns: int) -> str:
+    """`2026-11-27T00:19:49.123456789Z`: RFC 3339 in UTC with nanoseconds, as Falco writes."""
+    secs, nanos = divmod(time_ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{nanos:09d}Z"
+
+
+def clock_time(time_ns: int) -> str:
+    """`HH:MM:SS.nnnnnnnnn` in UTC, the prefix of Falco's text output."""
+    secs, nanos = divmod(time_ns, 1_000_000_000)
+    return time.strftime("%H:%M:%S", time.gmtime(secs)) + f".{nanos:09d}"
+
+
+def format_value(value: FieldValue) -> str:
+    """How a field value reads inside an output line: Falco prints `<NA>` for missing."""
+    if value is None:
+        return "<NA>"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return str(value)
