@@ -27,6 +27,7 @@ from kubernetes_validate.utils import ValidationError as SchemaError
 from webhook.cli import main as podlock_main
 from webhook.config import Settings, load_settings
 from webhook.policy import evaluate
+from webhook.serve import GRACEFUL_TIMEOUT
 
 Obj = dict[str, Any]
 
@@ -588,10 +589,10 @@ def test_the_webhook_deployment(
         "livenessProbe": ("/healthz", "HTTPS", "https"),
     }
     # Graceful drain: keep serving while the endpoint removal propagates, then leave gunicorn
-    # its default 30 s graceful timeout before the kubelet kills the pod.
+    # its whole graceful timeout (in-flight reviews finish) before the kubelet kills the pod.
     sleep = container["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert sleep >= 5
-    assert spec["terminationGracePeriodSeconds"] >= sleep + 30
+    assert spec["terminationGracePeriodSeconds"] >= sleep + GRACEFUL_TIMEOUT + 5
     # Mounts: the paths the command reads, the TLS directory whole (no subPath) so renewed
     # certificates reach the running pod, and a writable /tmp for gunicorn.
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
