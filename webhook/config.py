@@ -128,7 +128,8 @@ def settings_from_mapping(data: Mapping[str, Any], source: str) -> Settings:
     forbidden = reader.paths(writable.get("forbidden", ["/"]), "writablePaths.forbidden")
 
     profiles: list[ImageProfile] = []
-    raw_profiles = data.get("imageProfiles") or []
+    raw_profiles = data.get("imageProfiles")
+    raw_profiles = [] if raw_profiles is None else raw_profiles
     if not isinstance(raw_profiles, list):
         raise ConfigError(f"{source}: imageProfiles: must be a list, not a {_kind(raw_profiles)}")
     for index, raw in enumerate(raw_profiles):
