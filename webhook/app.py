@@ -48,8 +48,10 @@ def create_app(
     """The webhook app. `tls` is the served certificate (None when TLS ends elsewhere, as in
     tests); `metrics` defaults to a fresh set."""
     app = Flask("podlock")
-    # Werkzeug refuses a larger Content-Length before reading and stops a chunked body there.
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # Werkzeug refuses a larger Content-Length before reading anything, and stops reading a
+    # chunked body at the limit without an error: one byte over the limit lets review() see
+    # that the body was too large instead of judging a truncated one.
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES + 1
     m = metrics or Metrics(tls.seconds_until_expiry if tls else None)
     modes: dict[str, Mode] = {name: name for name in MODES}
 
