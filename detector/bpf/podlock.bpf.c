@@ -1,0 +1,732 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * podlock's kernel side: session tracking and file/exec events for container
+ * processes. Tracepoints only (tp_btf/), because fentry, LSM and kprobes do not
+ * load on the machines podlock runs on.
+ *
+ * Host filtering: every handler first looks the current tgid up in `procs`,
+ * which holds only container processes; a miss ends the handler. A process
+ * gets into `procs` once: at fork (inheriting its parent's label) or at its
+ * first exec inside a container cgroup (a cgroup in `containers`).
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "events.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Set by user space before load: the host's mount namespace inode. A process
+ * still in it is runc's own machinery (runc init before it joins the container)
+ * and is never labelled. */
+const volatile __u32 host_mnt_ns = 0;
+
+#define AT_FDCWD -100
+#define AT_REMOVEDIR 0x200
+#define EACCES 13
+#define EROFS 30
+#define S_IFMT 00170000
+#define S_IFREG 0100000
+#define O_ACCMODE 3
+#define O_CREAT 0100
+#define O_TRUNC 01000
+#define OVERLAYFS_SUPER_MAGIC 0x794c7630
+#define SB_RDONLY 1
+#define MNT_RDONLY 0x40
+
+#define MAX_DEPTH 40
+#define HALF 512 /* paths are built backwards in scratch.buf, ending here */
+
+/* x86_64 syscall numbers of the file operations we report. */
+#define NR_open 2
+#define NR_rename 82
+#define NR_mkdir 83
+#define NR_creat 85
+#define NR_link 86
+#define NR_unlink 87
+#define NR_symlink 88
+#define NR_chmod 90
+#define NR_fchmod 91
+#define NR_openat 257
+#define NR_mkdirat 258
+#define NR_unlinkat 263
+#define NR_renameat 264
+#define NR_linkat 265
+#define NR_symlinkat 266
+#define NR_fchmodat 268
+#define NR_renameat2 316
+#define NR_openat2 437
+#define NR_fchmodat2 452
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 16 * 1024 * 1024);
+} events SEC(".maps");
+
+/* Container processes only: host tgid -> label. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct podlock_label);
+} procs SEC(".maps");
+
+/* Container cgroups (v2 ids): filled here at cgroup creation, seeded and
+ * corrected by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct podlock_cgroup);
+} containers SEC(".maps");
+
+/* Records the ring buffer could not take. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} drops SEC(".maps");
+
+struct scratch {
+	char buf[2 * HALF];
+	char rel[PODLOCK_PATH_LEN];
+	char name[128];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch_map SEC(".maps");
+
+static __always_inline void count_drop(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&drops, &zero);
+
+	if (n)
+		*n += 1;
+}
+
+static __always_inline struct scratch *get_scratch(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&scratch_map, &zero);
+}
+
+static __always_inline __u32 task_vpid(struct task_struct *task)
+{
+	struct pid *pid = BPF_CORE_READ(task, group_leader, thread_pid);
+	unsigned int level = BPF_CORE_READ(pid, level);
+	struct upid up = {};
+
+	bpf_probe_read_kernel(&up, sizeof(up),
+			      (void *)pid + bpf_core_field_offset(struct pid, numbers) +
+				      (level & 31) * sizeof(struct upid));
+	return up.nr;
+}
+
+static __always_inline __u32 task_tty(struct task_struct *task)
+{
+	struct tty_struct *tty = BPF_CORE_READ(task, signal, tty);
+	__u32 major, minor;
+
+	if (!tty)
+		return 0;
+	major = BPF_CORE_READ(tty, driver, major);
+	minor = BPF_CORE_READ(tty, driver, minor_start) + BPF_CORE_READ(tty, index);
+	/* the encoding of /proc/PID/stat's tty_nr */
+	return (minor & 0xff) | (major << 8) | ((minor & ~0xffu) << 12);
+}
+
+static __always_inline void fill_hdr(struct podlock_hdr *h, struct task_struct *task, __u32 kind,
+				     const struct podlock_label *lbl)
+{
+	h->time_ns = bpf_ktime_get_boot_ns();
+	h->kind = kind;
+	h->pid = BPF_CORE_READ(task, tgid);
+	h->vpid = task_vpid(task);
+	h->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	h->uid = BPF_CORE_READ(task, cred, uid.val);
+	h->tty = task_tty(task);
+	h->cgroup_id = lbl->cgroup_id;
+	h->session_id = lbl->session_id;
+	h->session = lbl->session;
+	h->_pad[0] = h->_pad[1] = h->_pad[2] = 0;
+	bpf_get_current_comm(h->comm, sizeof(h->comm));
+}
+
+struct walk_ctx {
+	struct dentry *dentry;
+	struct vfsmount *vfsmnt;
+	struct dentry *root_dentry;
+	struct vfsmount *root_mnt;
+	int off;
+};
+
+/* One step of the walk up to the task's root: a mount crossing or one name.
+ * A bpf_loop() callback, so the verifier checks it once, not per iteration. */
+static long walk_step(__u32 i, void *data)
+{
+	struct walk_ctx *c = data;
+	struct scratch *s = get_scratch();
+	struct dentry *dentry = c->dentry, *parent;
+	struct vfsmount *vfsmnt = c->vfsmnt;
+	struct mount *mnt = (void *)vfsmnt - bpf_core_field_offset(struct mount, mnt);
+	const unsigned char *name;
+	int off = c->off;
+	__u32 len;
+
+	if (!s || off < 0 || off > HALF)
+		return 1;
+	if (dentry == c->root_dentry && vfsmnt == c->root_mnt)
+		return 1;
+	if (dentry == BPF_CORE_READ(vfsmnt, mnt_root)) {
+		struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
+
+		if (up == mnt)
+			return 1; /* the global root: the task's root is not above us */
+		c->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
+		c->vfsmnt = (void *)up + bpf_core_field_offset(struct mount, mnt);
+		return 0;
+	}
+	parent = BPF_CORE_READ(dentry, d_parent);
+	if (parent == dentry)
+		return 1;
+	len = BPF_CORE_READ(dentry, d_name.len);
+	name = BPF_CORE_READ(dentry, d_name.name);
+	if (len > 255)
+		len = 255;
+	if (off < (int)len + 1)
+		return 1; /* too deep for the buffer: keep the tail we have */
+	off -= len;
+	bpf_probe_read_kernel(&s->buf[off & (HALF - 1)], len & 255, name);
+	off -= 1;
+	s->buf[off & (HALF - 1)] = '/';
+	c->off = off;
+	c->dentry = parent;
+	return 0;
+}
+
+/*
+ * Writes the path of (dentry, vfsmnt) as seen from the task's root backwards
+ * into the scratch buffer, ending at HALF. Returns the start offset; HALF means
+ * the root. Crosses mount points like d_path() does.
+ */
+static __always_inline int walk_path(struct dentry *dentry, struct vfsmount *vfsmnt,
+				     struct dentry *root_dentry, struct vfsmount *root_mnt)
+{
+	struct walk_ctx c = {
+		.dentry = dentry,
+		.vfsmnt = vfsmnt,
+		.root_dentry = root_dentry,
+		.root_mnt = root_mnt,
+		.off = HALF,
+	};
+
+	bpf_loop(MAX_DEPTH, walk_step, &c, 0);
+	return c.off;
+}
+
+static __always_inline struct file *fd_file(struct task_struct *task, long fd)
+{
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **arr;
+	struct file *f = NULL;
+
+	if (fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	arr = BPF_CORE_READ(fdt, fd);
+	bpf_probe_read_kernel(&f, sizeof(f), &arr[fd]);
+	return f;
+}
+
+/* The absolute path of an open file into out[PODLOCK_PATH_LEN]. */
+static __noinline void file_path(struct scratch *s, struct task_struct *task, struct file *f,
+				 char *out)
+{
+	int off = walk_path(BPF_CORE_READ(f, f_path.dentry), BPF_CORE_READ(f, f_path.mnt),
+			    BPF_CORE_READ(task, fs, root.dentry),
+			    BPF_CORE_READ(task, fs, root.mnt));
+
+	s->buf[HALF] = 0;
+	if (off == HALF) {
+		off = HALF - 1;
+		s->buf[HALF - 1] = '/';
+	}
+	bpf_probe_read_kernel_str(out, PODLOCK_PATH_LEN, &s->buf[off & (HALF - 1)]);
+}
+
+/*
+ * A path argument made absolute: relative paths are joined to the directory of
+ * dfd (or the cwd), resolved in the kernel because short-lived processes like
+ * tar are gone before user space could read /proc/PID/cwd. "." and ".." are
+ * left for user space to normalise.
+ */
+static __noinline void user_path(struct scratch *s, struct task_struct *task, long dfd,
+				 const char *upath, char *out)
+{
+	struct dentry *dentry;
+	struct vfsmount *vfsmnt;
+	int off;
+
+	if (bpf_probe_read_user_str(s->rel, sizeof(s->rel), upath) <= 0) {
+		out[0] = 0;
+		return;
+	}
+	if (s->rel[0] == '/') {
+		bpf_probe_read_kernel_str(out, PODLOCK_PATH_LEN, s->rel);
+		return;
+	}
+	if ((int)dfd == AT_FDCWD) {
+		dentry = BPF_CORE_READ(task, fs, pwd.dentry);
+		vfsmnt = BPF_CORE_READ(task, fs, pwd.mnt);
+	} else {
+		struct file *f = fd_file(task, (int)dfd);
+
+		if (!f) {
+			bpf_probe_read_kernel_str(out, PODLOCK_PATH_LEN, s->rel);
+			return;
+		}
+		dentry = BPF_CORE_READ(f, f_path.dentry);
+		vfsmnt = BPF_CORE_READ(f, f_path.mnt);
+	}
+	off = walk_path(dentry, vfsmnt, BPF_CORE_READ(task, fs, root.dentry),
+			BPF_CORE_READ(task, fs, root.mnt));
+	s->buf[HALF] = '/';
+	bpf_probe_read_kernel_str(&s->buf[HALF + 1], PODLOCK_PATH_LEN, s->rel);
+	if (off == HALF)
+		bpf_probe_read_kernel_str(out, PODLOCK_PATH_LEN, &s->buf[HALF]);
+	else
+		bpf_probe_read_kernel_str(out, PODLOCK_PATH_LEN, &s->buf[off & (HALF - 1)]);
+}
+
+static __always_inline int is_regular(struct file *f)
+{
+	return (BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) == S_IFREG;
+}
+
+static __always_inline __u8 fs_of(struct task_struct *task, struct file *f)
+{
+	return BPF_CORE_READ(f, f_path.mnt) == BPF_CORE_READ(task, fs, root.mnt)
+		       ? PODLOCK_FS_ROOTFS
+		       : PODLOCK_FS_VOLUME;
+}
+
+/* ---- session tracking ------------------------------------------------- */
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 ptgid = BPF_CORE_READ(parent, tgid);
+	__u32 ctgid = BPF_CORE_READ(child, tgid);
+	struct podlock_label *lbl;
+
+	if (ptgid == ctgid)
+		return 0; /* a new thread: the process is labelled already */
+	lbl = bpf_map_lookup_elem(&procs, &ptgid);
+	if (!lbl)
+		return 0;
+	/* children inherit the label; never re-derived from parents later */
+	bpf_map_update_elem(&procs, &ctgid, lbl, BPF_ANY);
+	return 0;
+}
+
+static __always_inline __u8 exec_origin(struct task_struct *task, struct file *f)
+{
+	struct dentry *dentry = BPF_CORE_READ(f, f_path.dentry);
+	struct inode *inode = BPF_CORE_READ(f, f_inode);
+	struct vfsmount *vfsmnt = BPF_CORE_READ(f, f_path.mnt);
+	char prefix[6] = {};
+
+	bpf_probe_read_kernel(prefix, sizeof(prefix), BPF_CORE_READ(dentry, d_name.name));
+	if (prefix[0] == 'm' && prefix[1] == 'e' && prefix[2] == 'm' && prefix[3] == 'f' &&
+	    prefix[4] == 'd' && prefix[5] == ':')
+		return PODLOCK_ORIGIN_MEMFD;
+	if (vfsmnt == BPF_CORE_READ(task, fs, root.mnt)) {
+		struct ovl_inode *oi;
+
+		if (BPF_CORE_READ(inode, i_sb, s_magic) != OVERLAYFS_SUPER_MAGIC)
+			return PODLOCK_ORIGIN_UNKNOWN;
+		oi = (void *)inode - bpf_core_field_offset(struct ovl_inode, vfs_inode);
+		/* an upper dentry means the file was created or copied up after start */
+		return BPF_CORE_READ(oi, __upperdentry) ? PODLOCK_ORIGIN_UPPER
+							: PODLOCK_ORIGIN_IMAGE;
+	}
+	if ((BPF_CORE_READ(vfsmnt, mnt_flags) & MNT_RDONLY) ||
+	    (BPF_CORE_READ(inode, i_sb, s_flags) & SB_RDONLY))
+		return PODLOCK_ORIGIN_UNKNOWN; /* read-only volume: nobody wrote it from here */
+	return PODLOCK_ORIGIN_VOLUME;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(on_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
+{
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+	struct podlock_label *lbl = bpf_map_lookup_elem(&procs, &tgid);
+	struct podlock_label fresh = {};
+	struct podlock_exec_event *ev;
+	struct scratch *s;
+	unsigned long start, end, len;
+	struct file *f;
+
+	if (!lbl) {
+		__u64 cg = bpf_get_current_cgroup_id();
+		struct podlock_cgroup *c = bpf_map_lookup_elem(&containers, &cg);
+
+		if (!c)
+			return 0; /* the host */
+		if (BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum) == host_mnt_ns)
+			return 0; /* runc's machinery, not yet inside the container */
+		fresh.cgroup_id = cg;
+		/* The first process to exec in a container cgroup is its own tree;
+		 * anyone entering later came from outside: an exec session. */
+		if (__sync_val_compare_and_swap(&c->init_claimed, 0, 1) == 0) {
+			fresh.session = PODLOCK_SESSION_CONTAINER;
+		} else {
+			fresh.session = PODLOCK_SESSION_EXEC;
+			fresh.session_id = tgid;
+		}
+		bpf_map_update_elem(&procs, &tgid, &fresh, BPF_ANY);
+		lbl = bpf_map_lookup_elem(&procs, &tgid);
+		if (!lbl)
+			return 0;
+	}
+
+	s = get_scratch();
+	if (!s)
+		return 0;
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		count_drop();
+		return 0;
+	}
+	fill_hdr(&ev->hdr, task, PODLOCK_EV_EXEC, lbl);
+	f = BPF_CORE_READ(bprm, file);
+	ev->origin = exec_origin(task, f);
+	ev->_pad[0] = ev->_pad[1] = ev->_pad[2] = 0;
+	file_path(s, task, f, ev->exepath);
+	start = BPF_CORE_READ(task, mm, arg_start);
+	end = BPF_CORE_READ(task, mm, arg_end);
+	len = end > start ? end - start : 0;
+	if (len > PODLOCK_ARGS_LEN - 1)
+		len = PODLOCK_ARGS_LEN - 1;
+	ev->args_len = len;
+	if (bpf_probe_read_user(ev->args, len & (PODLOCK_ARGS_LEN - 1), (void *)start) < 0)
+		ev->args_len = 0;
+	bpf_ringbuf_submit(ev, 0);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(on_exit, struct task_struct *task)
+{
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+	struct podlock_label *lbl = bpf_map_lookup_elem(&procs, &tgid);
+	struct podlock_exit_event *ev;
+
+	if (!lbl)
+		return 0;
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0; /* a thread ended; the process lives on */
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (ev) {
+		fill_hdr(&ev->hdr, task, PODLOCK_EV_EXIT, lbl);
+		ev->exit_code = BPF_CORE_READ(task, exit_code);
+		ev->_pad = 0;
+		bpf_ringbuf_submit(ev, 0);
+	} else {
+		count_drop();
+	}
+	bpf_map_delete_elem(&procs, &tgid);
+	return 0;
+}
+
+/* ---- container cgroups ------------------------------------------------ */
+
+static __always_inline int is_hex(char c)
+{
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+}
+
+struct hex_ctx {
+	int run;
+	int found; /* 1 container, -1 not */
+};
+
+static long hex_step(__u32 i, void *data)
+{
+	struct hex_ctx *c = data;
+	struct scratch *s = get_scratch();
+	char ch;
+
+	if (!s)
+		return 1;
+	ch = s->name[i & 127];
+	if (ch == 0) {
+		c->found = -1;
+		return 1;
+	}
+	c->run = is_hex(ch) ? c->run + 1 : 0;
+	if (c->run < 64)
+		return 0;
+	c->found = 1;
+	/* `conmon-<id>`: the runtime's monitor, not the container */
+	if (i >= 70 && s->name[(i - 64) & 127] == '-' && s->name[(i - 65) & 127] == 'n' &&
+	    s->name[(i - 66) & 127] == 'o' && s->name[(i - 67) & 127] == 'm' &&
+	    s->name[(i - 68) & 127] == 'n' && s->name[(i - 69) & 127] == 'o' &&
+	    s->name[(i - 70) & 127] == 'c')
+		c->found = -1;
+	return 1;
+}
+
+/* A container runtime names the leaf cgroup after the 64-hex container id
+ * (`<id>`, `cri-containerd-<id>.scope`, `crio-<id>.scope`, `docker-<id>.scope`,
+ * `libpod-<id>.scope`); `*-conmon-<id>.scope` is the runtime's monitor. */
+static __always_inline int looks_like_container(void)
+{
+	struct hex_ctx c = {};
+
+	bpf_loop(128, hex_step, &c, 0);
+	return c.found == 1;
+}
+
+static __always_inline int on_dfl_hierarchy(struct cgroup *cgrp)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+
+	return BPF_CORE_READ(cgrp, root) == BPF_CORE_READ(task, cgroups, dfl_cgrp, root);
+}
+
+SEC("tp_btf/cgroup_mkdir")
+int BPF_PROG(on_cgroup_mkdir, struct cgroup *cgrp, const char *path)
+{
+	struct podlock_cgroup fresh = {};
+	struct podlock_label none = {};
+	struct podlock_cgroup_event *ev;
+	struct scratch *s = get_scratch();
+	__u64 id;
+
+	if (!s || !on_dfl_hierarchy(cgrp))
+		return 0;
+	if (bpf_probe_read_kernel_str(s->name, sizeof(s->name), BPF_CORE_READ(cgrp, kn, name)) <= 0)
+		return 0;
+	if (!looks_like_container())
+		return 0;
+	id = BPF_CORE_READ(cgrp, kn, id);
+	/* known before any process can join it: no race with the container's init */
+	bpf_map_update_elem(&containers, &id, &fresh, BPF_ANY);
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		count_drop();
+		return 0;
+	}
+	none.cgroup_id = id;
+	fill_hdr(&ev->hdr, bpf_get_current_task_btf(), PODLOCK_EV_CGROUP, &none);
+	bpf_probe_read_kernel_str(ev->path, sizeof(ev->path), path);
+	bpf_ringbuf_submit(ev, 0);
+	return 0;
+}
+
+SEC("tp_btf/cgroup_rmdir")
+int BPF_PROG(on_cgroup_rmdir, struct cgroup *cgrp, const char *path)
+{
+	__u64 id = BPF_CORE_READ(cgrp, kn, id);
+
+	bpf_map_delete_elem(&containers, &id);
+	return 0;
+}
+
+/* ---- file operations ---------------------------------------------------- */
+
+static __noinline int file_event(struct pt_regs *regs, long nr, long ret,
+				 struct podlock_label *lbl)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct scratch *s = get_scratch();
+	struct podlock_file_event *ev;
+	unsigned long a0 = BPF_CORE_READ(regs, di), a1 = BPF_CORE_READ(regs, si);
+	unsigned long a2 = BPF_CORE_READ(regs, dx), a3 = BPF_CORE_READ(regs, r10);
+	__u32 flags = 0;
+	__u8 op;
+
+	if (!s)
+		return 0;
+	/* decide first whether this call is reported at all */
+	switch (nr) {
+	case NR_open:
+		flags = a1;
+		op = PODLOCK_OP_OPEN;
+		break;
+	case NR_creat:
+		flags = 01 | O_CREAT | O_TRUNC;
+		op = PODLOCK_OP_OPEN;
+		break;
+	case NR_openat:
+		flags = a2;
+		op = PODLOCK_OP_OPEN;
+		break;
+	case NR_openat2: {
+		__u64 how_flags = 0;
+
+		bpf_probe_read_user(&how_flags, sizeof(how_flags), (void *)a2);
+		flags = how_flags;
+		op = PODLOCK_OP_OPEN;
+		break;
+	}
+	case NR_rename:
+	case NR_renameat:
+	case NR_renameat2:
+		op = PODLOCK_OP_RENAME;
+		break;
+	case NR_unlink:
+		op = PODLOCK_OP_UNLINK;
+		break;
+	case NR_unlinkat:
+		if (a2 & AT_REMOVEDIR)
+			return 0;
+		op = PODLOCK_OP_UNLINK;
+		break;
+	case NR_mkdir:
+		flags = a1;
+		op = PODLOCK_OP_MKDIR;
+		break;
+	case NR_mkdirat:
+		flags = a2;
+		op = PODLOCK_OP_MKDIR;
+		break;
+	case NR_link:
+	case NR_linkat:
+		op = PODLOCK_OP_LINK;
+		break;
+	case NR_symlink:
+	case NR_symlinkat:
+		op = PODLOCK_OP_SYMLINK;
+		break;
+	case NR_chmod:
+	case NR_fchmod:
+		flags = a1;
+		op = PODLOCK_OP_CHMOD;
+		break;
+	case NR_fchmodat:
+	case NR_fchmodat2:
+		flags = a2;
+		op = PODLOCK_OP_CHMOD;
+		break;
+	default:
+		return 0;
+	}
+	if (op == PODLOCK_OP_OPEN && !(flags & (O_ACCMODE | O_CREAT | O_TRUNC)))
+		return 0; /* read-only open */
+	if (op == PODLOCK_OP_CHMOD && !(flags & 0111))
+		return 0; /* only modes that make something executable */
+
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		count_drop();
+		return 0;
+	}
+	fill_hdr(&ev->hdr, task, PODLOCK_EV_FILE, lbl);
+	ev->result = ret;
+	ev->flags = flags;
+	ev->op = op;
+	ev->fs = PODLOCK_FS_UNKNOWN;
+	__builtin_memset(ev->_pad, 0, sizeof(ev->_pad));
+	ev->path[0] = 0;
+	ev->target[0] = 0;
+
+	switch (nr) {
+	case NR_open:
+	case NR_creat:
+	case NR_openat:
+	case NR_openat2:
+		if (ret >= 0) {
+			/* success: the open file gives the canonical path and the mount */
+			struct file *f = fd_file(task, ret);
+
+			if (!f || !is_regular(f)) {
+				bpf_ringbuf_discard(ev, 0);
+				return 0;
+			}
+			ev->fs = fs_of(task, f);
+			file_path(s, task, f, ev->path);
+		} else if (nr == NR_open || nr == NR_creat) {
+			user_path(s, task, AT_FDCWD, (const char *)a0, ev->path);
+		} else {
+			user_path(s, task, a0, (const char *)a1, ev->path);
+		}
+		break;
+	case NR_fchmod:
+		if (ret >= 0) {
+			struct file *f = fd_file(task, a0);
+
+			if (!f || !is_regular(f)) {
+				bpf_ringbuf_discard(ev, 0);
+				return 0;
+			}
+			ev->fs = fs_of(task, f);
+			file_path(s, task, f, ev->path);
+		}
+		break;
+	case NR_rename:
+	case NR_link:
+		user_path(s, task, AT_FDCWD, (const char *)a0, ev->path);
+		user_path(s, task, AT_FDCWD, (const char *)a1, ev->target);
+		break;
+	case NR_renameat:
+	case NR_renameat2:
+	case NR_linkat:
+		user_path(s, task, a0, (const char *)a1, ev->path);
+		user_path(s, task, a2, (const char *)a3, ev->target);
+		break;
+	case NR_symlink:
+		user_path(s, task, AT_FDCWD, (const char *)a1, ev->path);
+		bpf_probe_read_user_str(ev->target, sizeof(ev->target), (const char *)a0);
+		break;
+	case NR_symlinkat:
+		user_path(s, task, a1, (const char *)a2, ev->path);
+		bpf_probe_read_user_str(ev->target, sizeof(ev->target), (const char *)a0);
+		break;
+	case NR_unlink:
+	case NR_mkdir:
+	case NR_chmod:
+		user_path(s, task, AT_FDCWD, (const char *)a0, ev->path);
+		break;
+	default: /* unlinkat, mkdirat, fchmodat, fchmodat2 */
+		user_path(s, task, a0, (const char *)a1, ev->path);
+		break;
+	}
+	bpf_ringbuf_submit(ev, 0);
+	return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
+{
+	long nr = BPF_CORE_READ(regs, orig_ax);
+	__u32 tgid;
+	struct podlock_label *lbl;
+
+	/* cheapest test first: most syscalls are not file operations we report */
+	switch (nr) {
+	case NR_open: case NR_creat: case NR_openat: case NR_openat2:
+	case NR_rename: case NR_renameat: case NR_renameat2:
+	case NR_unlink: case NR_unlinkat: case NR_mkdir: case NR_mkdirat:
+	case NR_link: case NR_linkat: case NR_symlink: case NR_symlinkat:
+	case NR_chmod: case NR_fchmod: case NR_fchmodat: case NR_fchmodat2:
+		break;
+	default:
+		return 0;
+	}
+	tgid = bpf_get_current_pid_tgid() >> 32;
+	lbl = bpf_map_lookup_elem(&procs, &tgid);
+	if (!lbl)
+		return 0; /* the host */
+	if (ret < 0 && ret != -EROFS && ret != -EACCES)
+		return 0; /* other failures changed nothing and refused nothing */
+	return file_event(regs, nr, ret, lbl);
+}

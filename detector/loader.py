@@ -1,0 +1,204 @@
+"""Load, attach and poll podlock's BPF object through libbpf. The only module that
+touches libbpf; one cleanup path (`close`) undoes whatever `start` got to.
+
+    open -> set read-only data -> load -> attach -> ring buffer -> poll
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from detector import libbpf
+from detector.decode import CgroupC, LabelC
+from detector.events import Session
+
+DEFAULT_OBJECT = Path(__file__).parent / "bpf" / "podlock.bpf.o"
+BPF_ANY = 0
+BPF_NOEXIST = 1
+
+_SESSION_CODES = {Session.CONTAINER: 1, Session.EXEC: 2}
+
+
+class LoaderError(Exception):
+    """The probes could not be loaded or attached; str() is one sentence for the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProgStats:
+    name: str
+    run_time_ns: int
+    run_cnt: int
+
+
+def _possible_cpus() -> int:
+    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    count = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        count += int(hi or lo) - int(lo) + 1
+    return count
+
+
+class Loader:
+    """The attached probes. Use `start()`, then `poll()`; always `close()`."""
+
+    def __init__(
+        self,
+        host_mnt_ns: int,
+        obj_path: Path = DEFAULT_OBJECT,
+        ring_bytes: int | None = None,
+    ) -> None:
+        self._host_mnt_ns = host_mnt_ns
+        self._obj_path = obj_path
+        self._ring_bytes = ring_bytes
+        self._lib = libbpf.lib()
+        self._obj: int | None = None
+        self._links: list[int] = []
+        self._progs: dict[str, int] = {}
+        self._ring: int | None = None
+        self._records: list[bytes] = []
+        self._log: list[str] = []
+        # keep references: libbpf calls these after we return
+        self._on_record = libbpf.RingBufferCallback(self._collect)
+        self._on_print = libbpf.PrintCallback(self._print)
+        self._fds: dict[str, int] = {}
+        self._ncpus = _possible_cpus()
+
+    # ---- libbpf callbacks ---------------------------------------------------
+    def _collect(self, _ctx: int | None, data: int | None, size: int) -> int:
+        self._records.append(ctypes.string_at(data or 0, size))
+        return 0
+
+    def _print(self, _level: int, fmt: bytes | None, args: int | None) -> int:
+        buf = ctypes.create_string_buffer(1 << 20)
+        libbpf.vsnprintf()(buf, len(buf), fmt, args)
+        self._log.append(buf.value.decode(errors="replace").rstrip())
+        del self._log[:-5000]
+        return 0
+
+    # ---- life cycle ----------------------------------------------------------
+    def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> None:
+        lib = self._lib
+        lib.libbpf_set_print(self._on_print)
+        if not self._obj_path.exists():
+            raise LoaderError(
+                f"the BPF object {self._obj_path} is missing; build it with `make bpf`."
+            )
+        obj = lib.bpf_object__open_file(str(self._obj_path).encode(), None)
+        if not obj:
+            raise LoaderError(f"libbpf cannot open {self._obj_path}: {self._last_error()}")
+        self._obj = obj
+        self._set_rodata()
+        if self._ring_bytes is not None:
+            ring = lib.bpf_object__find_map_by_name(obj, b"events")
+            lib.bpf_map__set_max_entries(ring, self._ring_bytes)
+        if lib.bpf_object__load(obj) != 0:
+            raise LoaderError(f"the kernel refused podlock's BPF programs: {self._last_error()}")
+        prog = lib.bpf_object__next_program(obj, None)
+        while prog:
+            name = lib.bpf_program__name(prog).decode()
+            link = lib.bpf_program__attach(prog)
+            if not link:
+                raise LoaderError(f"cannot attach the BPF program {name}: {self._last_error()}")
+            self._links.append(link)
+            self._progs[name] = lib.bpf_program__fd(prog)
+            prog = lib.bpf_object__next_program(obj, prog)
+        for name in ("events", "procs", "containers", "drops"):
+            m = lib.bpf_object__find_map_by_name(obj, name.encode())
+            self._fds[name] = lib.bpf_map__fd(m)
+        ring_ptr = lib.ring_buffer__new(self._fds["events"], self._on_record, None, None)
+        if not ring_ptr:
+            raise LoaderError(f"cannot open the BPF ring buffer: {self._last_error()}")
+        self._ring = ring_ptr
+
+    def _set_rodata(self) -> None:
+        lib = self._lib
+        m = lib.bpf_object__next_map(self._obj, None)
+        while m:
+            if lib.bpf_map__name(m).endswith(b".rodata"):
+                size = ctypes.c_size_t()
+                ptr = lib.bpf_map__initial_value(m, ctypes.byref(size))
+                if not ptr or size.value != 4:
+                    raise LoaderError("the BPF object's read-only data is not what podlock expects")
+                ctypes.c_uint32.from_address(ptr).value = self._host_mnt_ns
+                return
+            m = lib.bpf_object__next_map(self._obj, m)
+        raise LoaderError("the BPF object has no read-only data section")
+
+    def _last_error(self) -> str:
+        err = ctypes.get_errno()
+        reason = os.strerror(err) if err else "unknown error"
+        detail = next((line for line in reversed(self._log) if line), "")
+        return f"{reason}" + (f" ({detail})" if detail else "")
+
+    def close(self) -> None:
+        lib = self._lib
+        if self._ring is not None:
+            lib.ring_buffer__free(self._ring)
+            self._ring = None
+        for link in reversed(self._links):
+            lib.bpf_link__destroy(link)
+        self._links.clear()
+        if self._obj is not None:
+            lib.bpf_object__close(self._obj)
+            self._obj = None
+        self._fds.clear()
+
+    # ---- polling -----------------------------------------------------------
+    def poll(self, timeout_ms: int) -> list[bytes]:
+        """Records that arrived within timeout_ms (empty on timeout or a signal)."""
+        assert self._ring is not None, "poll() before start()"
+        rc = self._lib.ring_buffer__poll(self._ring, timeout_ms)
+        if rc < 0 and -rc != errno.EINTR:
+            raise LoaderError(f"polling the ring buffer failed: {os.strerror(-rc)}")
+        out, self._records = self._records, []
+        return out
+
+    def drops(self) -> int:
+        """Records the kernel could not put in the ring buffer, since load."""
+        key = ctypes.c_uint32(0)
+        values = (ctypes.c_uint64 * self._ncpus)()
+        if self._lib.bpf_map_lookup_elem(self._fds["drops"], ctypes.byref(key), values) != 0:
+            return 0
+        return sum(values)
+
+    # ---- seeding -------------------------------------------------------------
+    def add_container(self, cgroup_id: int, claimed: bool) -> None:
+        key = ctypes.c_uint64(cgroup_id)
+        value = CgroupC(init_claimed=int(claimed))
+        self._lib.bpf_map_update_elem(
+            self._fds["containers"], ctypes.byref(key), ctypes.byref(value), BPF_NOEXIST
+        )
+
+    def forget_container(self, cgroup_id: int) -> None:
+        key = ctypes.c_uint64(cgroup_id)
+        self._lib.bpf_map_delete_elem(self._fds["containers"], ctypes.byref(key))
+
+    def label_process(self, pid: int, cgroup_id: int, session: Session, session_id: int) -> None:
+        key = ctypes.c_uint32(pid)
+        value = LabelC(cgroup_id=cgroup_id, session_id=session_id, session=_SESSION_CODES[session])
+        # the kernel's own label, if it made one meanwhile, is the better one
+        self._lib.bpf_map_update_elem(
+            self._fds["procs"], ctypes.byref(key), ctypes.byref(value), BPF_NOEXIST
+        )
+
+    def program_stats(self) -> list[ProgStats]:
+        """Per-program run time and count (non-zero only with kernel.bpf_stats_enabled=1)."""
+        out = []
+        for name, fd in self._progs.items():
+            info = libbpf.BpfProgInfo()
+            size = ctypes.c_uint32(ctypes.sizeof(info))
+            if self._lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)) == 0:
+                out.append(ProgStats(name, info.run_time_ns, info.run_cnt))
+        return out

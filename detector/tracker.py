@@ -1,0 +1,194 @@
+"""User-space state that turns raw kernel records into `detector.events` values.
+
+It knows which cgroup is which container, each labelled process's executable
+and command line (from its exec record, or from /proc at start-up), and each
+container's mount table (to classify path-only events as rootfs or volume).
+All /proc and /sys reads come in through the `Host` protocol, so this module
+is testable with plain values.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from detector.cgroups import ContainerRef, parse_cgroup_path
+from detector.decode import Raw, RawCgroup, RawExec, RawExit, RawFile, RawHeader
+from detector.events import (
+    Event,
+    ExecEvent,
+    ExitEvent,
+    FileEvent,
+    FsKind,
+    Process,
+    Session,
+)
+
+
+class Host(Protocol):
+    """The few reads of the host the tracker needs (see procscan.ProcHost)."""
+
+    def cgroup_path(self, cgroup_id: int) -> str | None:
+        """The v2 path of a cgroup id, or None if it is gone."""
+
+    def mount_points(self, pid: int) -> list[str] | None:
+        """Mount points as seen by the process (its /proc/PID/mountinfo), None if gone."""
+
+
+@dataclass(slots=True)
+class ProcInfo:
+    exepath: str
+    cmdline: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class Tracker:
+    host: Host
+    boot_to_wall_ns: int  # add to CLOCK_BOOTTIME to get CLOCK_REALTIME
+    containers: dict[int, ContainerRef | None] = field(default_factory=dict)
+    procs: dict[int, ProcInfo] = field(default_factory=dict)
+    # per cgroup: a pid whose mount table stands for the container's
+    mount_pids: dict[int, list[int]] = field(default_factory=dict)
+    mounts: dict[int, list[str]] = field(default_factory=dict)
+
+    # ---- seeding ---------------------------------------------------------
+    def add_container(self, cgroup_id: int, ref: ContainerRef | None) -> None:
+        self.containers[cgroup_id] = ref
+
+    def add_process(self, pid: int, cgroup_id: int, info: ProcInfo) -> None:
+        self.procs[pid] = info
+        self._remember_pid(cgroup_id, pid)
+
+    # ---- records -----------------------------------------------------------
+    def container_of(self, cgroup_id: int) -> ContainerRef | None:
+        if cgroup_id not in self.containers:
+            path = self.host.cgroup_path(cgroup_id)
+            self.containers[cgroup_id] = parse_cgroup_path(path) if path else None
+        return self.containers[cgroup_id]
+
+    def handle(self, raw: Raw) -> Event | None:
+        """The event for one record; None for bookkeeping records (cgroups)."""
+        if isinstance(raw, RawCgroup):
+            self.containers[raw.hdr.cgroup_id] = parse_cgroup_path(raw.path)
+            return None
+        time_ns = raw.hdr.time_ns + self.boot_to_wall_ns
+        if isinstance(raw, RawExec):
+            info = ProcInfo(exepath=raw.exepath, cmdline=raw.argv)
+            self.procs[raw.hdr.pid] = info
+            self._remember_pid(raw.hdr.cgroup_id, raw.hdr.pid)
+            return ExecEvent(time_ns=time_ns, proc=self._process(raw.hdr), origin=raw.origin)
+        if isinstance(raw, RawExit):
+            event = ExitEvent(time_ns=time_ns, proc=self._process(raw.hdr))
+            self.procs.pop(raw.hdr.pid, None)
+            pids = self.mount_pids.get(raw.hdr.cgroup_id)
+            if pids and raw.hdr.pid in pids and len(pids) > 1:
+                pids.remove(raw.hdr.pid)
+            return event
+        return self._file(raw, time_ns)
+
+    def _file(self, raw: RawFile, time_ns: int) -> FileEvent:
+        path = normalise(raw.path)
+        target = raw.target
+        if target.startswith("/"):
+            target = normalise(target)
+        fs = raw.fs
+        if fs is FsKind.UNKNOWN:
+            fs = self._classify(raw.hdr, path)
+        return FileEvent(
+            time_ns=time_ns,
+            proc=self._process(raw.hdr),
+            op=raw.op,
+            path=path,
+            target=target,
+            fs=fs,
+            result=raw.result if raw.result < 0 else 0,
+            flags=raw.flags,
+        )
+
+    def _process(self, hdr: RawHeader) -> Process:
+        info = self.procs.get(hdr.pid)
+        ref = self.container_of(hdr.cgroup_id)
+        session = hdr.session or Session.CONTAINER
+        return Process(
+            pid=hdr.pid,
+            vpid=hdr.vpid,
+            ppid=hdr.ppid,
+            uid=hdr.uid,
+            comm=hdr.comm,
+            exepath=info.exepath if info else "",
+            cmdline=info.cmdline if info else (),
+            tty=hdr.tty,
+            cgroup_id=hdr.cgroup_id,
+            container_id=ref.container_id if ref else "",
+            session=session,
+            session_id=hdr.session_id if session is Session.EXEC else 0,
+        )
+
+    def _remember_pid(self, cgroup_id: int, pid: int) -> None:
+        pids = self.mount_pids.setdefault(cgroup_id, [])
+        if pid not in pids:
+            pids.append(pid)
+            del pids[:-4]  # a few candidates are enough: any live one will do
+
+    def _classify(self, hdr: RawHeader, path: str) -> FsKind:
+        table = self.mounts.get(hdr.cgroup_id)
+        if table is None:
+            for pid in [hdr.pid, *reversed(self.mount_pids.get(hdr.cgroup_id, []))]:
+                found = self.host.mount_points(pid)
+                if found:
+                    table = found
+                    self.mounts[hdr.cgroup_id] = table
+                    break
+        if not table:
+            return FsKind.UNKNOWN
+        return classify_path(path, table)
+
+
+def normalise(path: str) -> str:
+    """An absolute path with `.`, `..` and doubled slashes folded."""
+    if not path.startswith("/"):
+        return path
+    folded = posixpath.normpath(path)
+    return "/" + folded.lstrip("/")
+
+
+def classify_path(path: str, mount_points: list[str]) -> FsKind:
+    """rootfs if the longest mount point containing `path` is `/`, else volume."""
+    best = "/"
+    for mp in mount_points:
+        if mp == "/":
+            continue
+        if (path == mp or path.startswith(mp.rstrip("/") + "/")) and len(mp) > len(best):
+            best = mp
+    return FsKind.ROOTFS if best == "/" else FsKind.VOLUME
+
+
+def parse_mountinfo(text: str) -> list[str]:
+    """Mount points from /proc/PID/mountinfo text (octal escapes decoded)."""
+    points = []
+    for line in text.splitlines():
+        fields = line.split(" ")
+        if len(fields) < 5:
+            continue
+        points.append(_unescape(fields[4]))
+    return points
+
+
+def _unescape(field_text: str) -> str:
+    if "\\" not in field_text:
+        return field_text
+    out = []
+    i = 0
+    while i < len(field_text):
+        if (
+            field_text[i] == "\\"
+            and i + 3 < len(field_text) + 0
+            and field_text[i + 1 : i + 4].isdigit()
+        ):
+            out.append(chr(int(field_text[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field_text[i])
+            i += 1
+    return "".join(out)
