@@ -136,7 +136,9 @@ class ReloadingContext:
         self.on_reload = on_reload
         self._pair = load_pair(cert_path, key_path)  # startup: a bad pair is fatal
         self._next_check = time.monotonic() + check_interval
-        self._failed_stamp: FileStamp | None = None
+        # What the last failed check saw (the files' stamp, or the error when stat failed), so
+        # a state that stays broken is reported once, not once per interval.
+        self._failed_on: FileStamp | str | None = None
         self._lock = threading.Lock()
 
     @property
@@ -164,9 +166,10 @@ class ReloadingContext:
         try:
             stamp = _stamp(self.cert_path, self.key_path)
         except OSError as e:
-            self._failed(None, f"{e.filename}: cannot stat: {e.strerror}")
+            reason = f"{e.filename}: cannot stat: {e.strerror}"
+            self._failed(reason, reason)
             return
-        if stamp == self._pair.stamp or stamp == self._failed_stamp:
+        if stamp == self._pair.stamp or stamp == self._failed_on:
             return
         try:
             pair = load_pair(self.cert_path, self.key_path)
@@ -174,7 +177,7 @@ class ReloadingContext:
             self._failed(stamp, str(e))
             return
         self._pair = pair  # the atomic swap: new handshakes use the new context
-        self._failed_stamp = None
+        self._failed_on = None
         log.info(
             "TLS certificate reloaded: sha256 %s, valid until %s",
             pair.sha256[:16],
@@ -183,12 +186,12 @@ class ReloadingContext:
         if self.on_reload:
             self.on_reload("success")
 
-    def _failed(self, stamp: FileStamp | None, reason: str) -> None:
-        if stamp is None or stamp != self._failed_stamp:
+    def _failed(self, seen: FileStamp | str, reason: str) -> None:
+        if seen != self._failed_on:
             log.warning("TLS reload failed, still serving the previous certificate: %s", reason)
             if self.on_reload:
                 self.on_reload("failure")
-        self._failed_stamp = stamp
+        self._failed_on = seen
 
     # --- what /readyz and /metrics ask -------------------------------------------------------
     def ready(self) -> tuple[bool, str]:
