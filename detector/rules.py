@@ -101,12 +101,14 @@ class Rule:
     aggregate: Aggregate | None = None
 
     @property
-    def output_keys(self) -> tuple[str, ...]:
-        """The keys of this rule's alerts' output_fields, sorted."""
-        keys = {field_key(n, a) for n, a in self.output.fields} | set(BASELINE_OUTPUT_FIELDS)
+    def output_refs(self) -> tuple[tuple[str, str, str | None], ...]:
+        """(key, field, arg) of this rule's alerts' output_fields, sorted by key: the
+        template's fields, the baseline fields, and the aggregate fields."""
+        refs = {field_key(n, a): (n, a) for n, a in self.output.fields}
+        refs.update((name, (name, None)) for name in BASELINE_OUTPUT_FIELDS)
         if self.aggregate is not None:
-            keys |= {"podlock.agg.count", "podlock.agg.items"}
-        return tuple(sorted(keys))
+            refs.update((n, (n, None)) for n in ("podlock.agg.count", "podlock.agg.items"))
+        return tuple((k, n, a) for k, (n, a) in sorted(refs.items()))
 
 
 @dataclass(frozen=True)

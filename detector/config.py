@@ -1,0 +1,310 @@
+"""Detector configuration in Falco's style: YAML read once at the edge into frozen
+dataclasses. Without a file, the embedded defaults apply (stdout, default rules).
+
+    rules_file: [builtin, /etc/podlock/rules.d]   # order matters; directories allowed
+    json_output: false
+    priority: debug                # minimum priority of rules loaded
+    rule_matching: all             # or `first`, as Falco
+    stdout_output: {enabled: true}
+    file_output: {enabled: false, filename: /var/log/podlock.log, keep_alive: false}
+    program_output: {enabled: false, program: "jq -c .", keep_alive: false}
+    http_output: {enabled: false, url: "http://127.0.0.1:2801/", timeout: 2}
+    rate_limit: {enabled: true, rate: 0.2, max_burst: 20, summary_interval: 60}
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from detector.alerts import PRIORITY_NAMES, Priority
+from detector.errors import ConfigError
+from detector.rules import RuleSet, load_rules
+
+__all__ = ["ConfigError", "DetectorSettings", "load_detector_settings"]
+
+BUILTIN_RULES = "builtin"  # the rules_file entry that names the packaged default rules
+
+
+def default_rules_path() -> str:
+    return str(resources.files("detector").joinpath("default_rules.yaml"))
+
+
+@dataclass(frozen=True)
+class StdoutOutput:
+    enabled: bool = True
+    """Write each alert to standard output (text, or JSON with json_output / --json)."""
+
+
+@dataclass(frozen=True)
+class FileOutput:
+    enabled: bool = False
+    filename: str = ""
+    """Appended to, one alert per line."""
+    keep_alive: bool = False
+    """Keep the file open (true) or open, append and close per alert (false, as Falco)."""
+
+
+@dataclass(frozen=True)
+class ProgramOutput:
+    enabled: bool = False
+    program: str = ""
+    """A shell command fed alerts on its standard input, one per line."""
+    keep_alive: bool = False
+    """One long-running program (true) or one run per alert (false, as Falco)."""
+
+
+@dataclass(frozen=True)
+class HttpOutput:
+    enabled: bool = False
+    url: str = ""
+    """Each alert's JSON is POSTed here (falcosidekick takes it as is)."""
+    timeout_s: float = 2.0
+    """Per request; a sender thread posts so a slow receiver never stalls detection."""
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket per (container, rule): `max_burst` alerts at once, then `rate`
+    per second. Held-back alerts are counted; the next alert emitted for that
+    container and rule reports the count in `podlock.suppressed`, and if none comes
+    within `summary_interval_s` the latest held-back alert is released carrying it."""
+
+    enabled: bool = True
+    rate: float = 0.2
+    max_burst: int = 20
+    summary_interval_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    rules: RuleSet
+    rules_files: tuple[str, ...] = ()
+    """The rules files loaded, in order (directories expanded)."""
+    json_output: bool = False
+    priority: Priority = Priority.DEBUG
+    """Rules less severe than this are not loaded."""
+    rule_matching: Literal["all", "first"] = "all"
+    """`all`: every matching rule alerts; `first`: only the first, in load order."""
+    stdout_output: StdoutOutput = field(default_factory=StdoutOutput)
+    file_output: FileOutput = field(default_factory=FileOutput)
+    program_output: ProgramOutput = field(default_factory=ProgramOutput)
+    http_output: HttpOutput = field(default_factory=HttpOutput)
+    rate_limit: RateLimit = field(default_factory=RateLimit)
+    hostname: str = ""
+    """Alerts' `hostname`: $NODE_NAME, else the host name."""
+
+
+_TOP_KEYS = frozenset(
+    {
+        "rules_file", "json_output", "priority", "rule_matching", "stdout_output",
+        "file_output", "program_output", "http_output", "rate_limit",
+    }
+)  # fmt: skip
+
+
+def load_detector_settings(
+    config_path: str | None,
+    rules_paths: list[str],
+    environ: Mapping[str, str] | None = None,
+) -> DetectorSettings:
+    """Read the config file (if any) and the rules files; `rules_paths` (from --rules)
+    replace the config's `rules_file`. Raises ConfigError naming file, key, problem."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    base = Path.cwd()
+    where = "built-in configuration"
+    if config_path is not None:
+        where = f"config file {config_path}"
+        raw = _read_config(config_path)
+        base = Path(config_path).resolve().parent
+    reader = _Reader(where, raw)
+    reader.check_keys(raw, _TOP_KEYS, "")
+
+    if rules_paths:
+        entries, entry_base = list(rules_paths), Path.cwd()
+    else:
+        entries = reader.str_list("rules_file", [BUILTIN_RULES])
+        entry_base = base
+    files = _expand_rules_entries(entries, entry_base, where)
+    rules = load_rules([(f, _read_text(f)) for f in files])
+
+    priority_text = reader.text("priority", "debug")
+    priority = Priority.parse(priority_text)
+    if priority is None:
+        raise ConfigError(
+            f"{where}: key 'priority': unknown priority '{priority_text}' (one of {PRIORITY_NAMES})"
+        )
+    matching = reader.text("rule_matching", "all")
+    if matching not in ("all", "first"):
+        raise ConfigError(f"{where}: key 'rule_matching': must be all or first")
+
+    stdout = reader.section("stdout_output", {"enabled"})
+    file_out = reader.section("file_output", {"enabled", "filename", "keep_alive"})
+    prog = reader.section("program_output", {"enabled", "program", "keep_alive"})
+    http = reader.section("http_output", {"enabled", "url", "timeout"})
+    rate = reader.section("rate_limit", {"enabled", "rate", "max_burst", "summary_interval"})
+
+    file_output = FileOutput(
+        enabled=reader.flag("file_output.enabled", False, file_out),
+        filename=reader.text("file_output.filename", "", file_out),
+        keep_alive=reader.flag("file_output.keep_alive", False, file_out),
+    )
+    if file_output.enabled and not file_output.filename:
+        raise ConfigError(f"{where}: key 'file_output.filename': required when enabled")
+    program_output = ProgramOutput(
+        enabled=reader.flag("program_output.enabled", False, prog),
+        program=reader.text("program_output.program", "", prog),
+        keep_alive=reader.flag("program_output.keep_alive", False, prog),
+    )
+    if program_output.enabled and not program_output.program:
+        raise ConfigError(f"{where}: key 'program_output.program': required when enabled")
+    http_output = HttpOutput(
+        enabled=reader.flag("http_output.enabled", False, http),
+        url=reader.text("http_output.url", "", http),
+        timeout_s=reader.number("http_output.timeout", 2.0, http),
+    )
+    if http_output.enabled and not http_output.url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}: key 'http_output.url': must be an http:// or https:// URL")
+    rate_limit = RateLimit(
+        enabled=reader.flag("rate_limit.enabled", True, rate),
+        rate=reader.number("rate_limit.rate", 0.2, rate),
+        max_burst=int(reader.number("rate_limit.max_burst", 20, rate, whole=True)),
+        summary_interval_s=reader.number("rate_limit.summary_interval", 60.0, rate),
+    )
+    if rate_limit.max_burst < 1:
+        raise ConfigError(f"{where}: key 'rate_limit.max_burst': must be at least 1")
+
+    return DetectorSettings(
+        rules=rules,
+        rules_files=tuple(files),
+        json_output=reader.flag("json_output", False),
+        priority=priority,
+        rule_matching="first" if matching == "first" else "all",
+        stdout_output=StdoutOutput(enabled=reader.flag("stdout_output.enabled", True, stdout)),
+        file_output=file_output,
+        program_output=program_output,
+        http_output=http_output,
+        rate_limit=rate_limit,
+        hostname=env.get("NODE_NAME") or socket.gethostname(),
+    )
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        raise ConfigError(f"rules file {path}: cannot read it: {reason}") from None
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        raise ConfigError(f"config file {path}: cannot read it: {reason}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or "syntax error"
+        raise ConfigError(f"config file {path}{line}: not valid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of keys at the top")
+    return data
+
+
+def _expand_rules_entries(entries: list[str], base: Path, where: str) -> list[str]:
+    files: list[str] = []
+    for entry in entries:
+        if entry == BUILTIN_RULES:
+            files.append(default_rules_path())
+            continue
+        path = Path(entry) if Path(entry).is_absolute() else base / entry
+        if path.is_dir():
+            files.extend(str(p) for p in sorted(path.iterdir()) if p.suffix in (".yaml", ".yml"))
+        elif path.exists():
+            files.append(str(path))
+        else:
+            raise ConfigError(f"{where}: key 'rules_file': {path} does not exist")
+    return files
+
+
+class _Reader:
+    """Typed reads of config keys, each failure naming the file and the dotted key."""
+
+    def __init__(self, where: str, raw: dict[str, Any]) -> None:
+        self.where = where
+        self.raw = raw
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.where}: key '{key}': {problem}")
+
+    def check_keys(
+        self, raw: Mapping[str, Any], allowed: frozenset[str] | set[str], at: str
+    ) -> None:
+        for key in raw:
+            if key not in allowed:
+                name = f"{at}.{key}" if at else str(key)
+                raise self.fail(name, f"unknown key (known: {', '.join(sorted(allowed))})")
+
+    def section(self, key: str, allowed: set[str]) -> dict[str, Any]:
+        value = self.raw.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(key, "must be a mapping")
+        self.check_keys(value, allowed, key)
+        return value
+
+    def _get(self, key: str, src: Mapping[str, Any] | None) -> Any:
+        return (self.raw if src is None else src).get(key.rsplit(".", 1)[-1])
+
+    def flag(self, key: str, default: bool, src: Mapping[str, Any] | None = None) -> bool:
+        value = self._get(key, src)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self.fail(key, f"must be true or false, not {value!r}")
+        return value
+
+    def text(self, key: str, default: str, src: Mapping[str, Any] | None = None) -> str:
+        value = self._get(key, src)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise self.fail(key, f"must be a string, not {value!r}")
+        return value
+
+    def number(
+        self, key: str, default: float, src: Mapping[str, Any] | None = None, whole: bool = False
+    ) -> float:
+        value = self._get(key, src)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise self.fail(key, f"must be a non-negative number, not {value!r}")
+        if whole and not isinstance(value, int):
+            raise self.fail(key, f"must be a whole number, not {value!r}")
+        return float(value)
+
+    def str_list(self, key: str, default: list[str]) -> list[str]:
+        value = self.raw.get(key)
+        if value is None:
+            return default
+        if isinstance(value, str):
+            return [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(key, "must be a list of paths")
+        return list(value)

@@ -1,0 +1,390 @@
+"""The rule engine: decoded events in, alerts out. Pure: the caller gives the time.
+
+Per event it does, in order: update the small session/process state, run the
+rules compiled for the event's type (rules that cannot match a type are not in
+its list), turn matches into alerts — or fold them into an open aggregate group —
+then apply the rate limit and attribute lost events to the next alert.
+
+Time-driven work (aggregate groups that went idle, held-back alerts due for
+release, lost events no alert carried) happens in `flush`, and also from
+`process` every 100 ms of the caller's clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from detector.alerts import Alert, FieldValue, Priority, format_value
+from detector.condition.compiler import Pred, compile_condition, extractor
+from detector.config import DetectorSettings, RateLimit
+from detector.events import (
+    Event,
+    ExecEvent,
+    ExitEvent,
+    FileEvent,
+    FileOp,
+    LostEvents,
+    Process,
+    Session,
+)
+from detector.fields import EVT_TYPES, EXEC_EVT, EXIT_EVT, FIELDS, Extract, Fixed
+from detector.k8s import ContainerMeta, MetadataSource
+from detector.ratelimit import RateLimiter
+from detector.rules import Rule, RuleSet
+from detector.sessions import ProcessTable, SessionTable
+
+DROP_RULE = "podlock internal: events lost"
+DROP_PRIORITY = Priority.WARNING
+_CHECK_EVERY_NS = 100_000_000
+_DROP_GRACE_NS = 1_000_000_000
+_DISTINCT_CAP = 65536  # distinct values an aggregate group remembers for its count
+
+
+@dataclass(slots=True)
+class _Compiled:
+    """One rule, specialised for one event type."""
+
+    rule: Rule
+    pred: Pred | None  # None: the type alone satisfies the condition
+    fixed: dict[str, FieldValue]
+    dynamic: tuple[tuple[str, Extract], ...]
+    parts: tuple[tuple[bool, str], ...]  # (is a field key, text)
+    collect: Extract | Fixed | None = None
+    union: tuple[tuple[str, Extract | Fixed], ...] = ()
+
+
+@dataclass(slots=True)
+class _Group:
+    compiled: _Compiled
+    container_id: str
+    key_id: int
+    time_ns: int  # event time of the first match
+    opened_ns: int  # caller's clock
+    last_ns: int
+    fields: dict[str, FieldValue]
+    items: list[str] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+    count: int = 0
+    unions: dict[str, set[str]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Held:
+    """A held-back alert's makings, kept so it can be released later."""
+
+    compiled: _Compiled
+    time_ns: int
+    event: Any
+    fields: dict[str, FieldValue] | None
+
+
+class Engine:
+    def __init__(
+        self,
+        rules: RuleSet,
+        metadata: MetadataSource,
+        *,
+        hostname: str = "",
+        min_priority: Priority = Priority.DEBUG,
+        rule_matching: Literal["all", "first"] = "all",
+        rate_limit: RateLimit | None = None,
+    ) -> None:
+        rate_limit = rate_limit or RateLimit()
+        self.hostname = hostname
+        self._lookup = metadata.lookup
+        self._sessions = SessionTable()
+        self._procs = ProcessTable()
+        self._num = 0
+        self._drops = 0
+        self._drops_since_ns = 0
+        self._min_priority = min_priority
+        self._first_only = rule_matching == "first"
+        self._limiter: RateLimiter[tuple[str, str], _Held] | None = None
+        if rate_limit.enabled and rate_limit.rate > 0:
+            self._limiter = RateLimiter(
+                rate_limit.rate, rate_limit.max_burst, int(rate_limit.summary_interval_s * 1e9)
+            )
+        self._groups: dict[tuple[str, str, int], _Group] = {}
+        self._next_check_ns = 0
+        self.rules = tuple(r for r in rules.enabled if r.priority.at_least(min_priority))
+        self.warnings = list(rules.warnings)
+        by_type = {t: self._compile_for(t) for t in EVT_TYPES}
+        for rule in self.rules:
+            if not any(c.rule is rule for cs in by_type.values() for c in cs):
+                self.warnings.append(f"rule '{rule.name}' ({rule.origin}) can never match")
+        self._file_rules = {op: by_type[op.value] for op in FileOp}
+        self._exec_rules = by_type[EXEC_EVT]
+        self._exit_rules = by_type[EXIT_EVT]
+        self.events = 0
+        self.alerts = 0
+
+    @classmethod
+    def from_settings(cls, settings: DetectorSettings, metadata: MetadataSource) -> Engine:
+        return cls(
+            settings.rules,
+            metadata,
+            hostname=settings.hostname,
+            min_priority=settings.priority,
+            rule_matching=settings.rule_matching,
+            rate_limit=settings.rate_limit,
+        )
+
+    def rules_for(self, evt_type: str) -> tuple[str, ...]:
+        """Names of the rules an event of this type meets (the index), for tests/tools."""
+        table = {EXEC_EVT: self._exec_rules, EXIT_EVT: self._exit_rules}
+        table.update({op.value: cs for op, cs in self._file_rules.items()})
+        return tuple(c.rule.name for c in table[evt_type])
+
+    # --- compilation ------------------------------------------------------------------------
+
+    def _compile_for(self, evt_type: str) -> tuple[_Compiled, ...]:
+        out = []
+        for rule in self.rules:
+            pred = compile_condition(rule.condition, evt_type, self)
+            if pred is False:
+                continue
+            fixed: dict[str, FieldValue] = {}
+            dynamic: list[tuple[str, Extract]] = []
+            for key, name, arg in rule.output_refs:
+                fdef = FIELDS[name]
+                if fdef.output_only:
+                    fixed[key] = None  # filled when the alert is made
+                    continue
+                get = extractor(fdef, arg, evt_type, self)
+                if isinstance(get, Fixed):
+                    fixed[key] = get.value
+                else:
+                    dynamic.append((key, get))
+            parts = tuple(
+                (True, f"{p[0]}[{p[1]}]" if p[1] is not None else p[0])
+                if isinstance(p, tuple)
+                else (False, p)
+                for p in rule.output.parts
+            )
+            compiled = _Compiled(rule, None if pred is True else pred, fixed, tuple(dynamic), parts)
+            agg = rule.aggregate
+            if agg is not None:
+                compiled.collect = extractor(FIELDS[agg.collect[0]], agg.collect[1], evt_type, self)
+                compiled.union = tuple(
+                    (name if arg is None else f"{name}[{arg}]",
+                     extractor(FIELDS[name], arg, evt_type, self))
+                    for name, arg in agg.union
+                )  # fmt: skip
+            out.append(compiled)
+        return tuple(out)
+
+    # --- FieldEnv: state some fields read ----------------------------------------------------
+
+    def meta(self, container_id: str) -> ContainerMeta | None:
+        return self._lookup(container_id) if container_id else None
+
+    def is_probe(self, proc: Process) -> bool:
+        if proc.session is not Session.EXEC:
+            return False
+        info = self._sessions.get(proc.session_id)
+        if info is None:
+            return False
+        if info.probe is None:
+            meta = self.meta(info.container_id)
+            if meta is None:
+                return False  # decided once the pod is known
+            info.probe = info.argv in meta.probe_commands
+        return info.probe
+
+    def parent(self, ppid: int) -> Process | None:
+        return self._procs.get(ppid)
+
+    def session_cmdline(self, proc: Process) -> tuple[str, ...] | None:
+        if proc.session is not Session.EXEC:
+            return None
+        info = self._sessions.get(proc.session_id)
+        if info is not None:
+            return info.argv
+        return proc.cmdline if proc.pid == proc.session_id else None
+
+    def event_number(self) -> int:
+        return self._num
+
+    # --- events ---------------------------------------------------------------------------
+
+    def process(self, event: Event, now_ns: int) -> list[Alert]:
+        cls = type(event)
+        if cls is FileEvent:
+            rules = self._file_rules[event.op]  # type: ignore[union-attr]
+        elif cls is ExecEvent:
+            proc = event.proc  # type: ignore[union-attr]
+            self._procs.remember(proc)
+            self._sessions.leader_exec(proc)
+            rules = self._exec_rules
+        elif cls is ExitEvent:
+            rules = self._exit_rules
+        elif cls is LostEvents:
+            if not self._drops:
+                self._drops_since_ns = now_ns
+            self._drops += event.count  # type: ignore[union-attr]
+            return self._expire(now_ns) if now_ns >= self._next_check_ns else []
+        else:
+            return []  # an event kind this engine does not know yet
+        self._num += 1
+        self.events += 1
+        out: list[Alert] = []
+        for c in rules:
+            if c.pred is None or c.pred(event):
+                if c.collect is not None:
+                    self._fold(c, event, now_ns)
+                else:
+                    alert = self._alert_for(c, event, now_ns)
+                    if alert is not None:
+                        out.append(alert)
+                if self._first_only:
+                    break
+        if cls is ExitEvent:
+            self._exited(event.proc, now_ns, out)  # type: ignore[union-attr]
+        if now_ns >= self._next_check_ns:
+            out.extend(self._expire(now_ns))
+        return out
+
+    def flush(self, now_ns: int) -> list[Alert]:
+        """Emit what is due by time: idle aggregates, held-back alerts, lost events."""
+        return self._expire(now_ns)
+
+    def shutdown(self, now_ns: int) -> list[Alert]:
+        """Emit everything pending (open aggregates first), e.g. on SIGTERM."""
+        out: list[Alert] = []
+        for key in list(self._groups):
+            self._close(self._groups.pop(key), now_ns, out)
+        if self._limiter is not None:
+            self._release(self._limiter.due(now_ns + 10**18), out)
+        self._drop_alert(now_ns, out, force=True)
+        return out
+
+    # --- alerts ---------------------------------------------------------------------------
+
+    def _extract(self, c: _Compiled, event: Any) -> dict[str, FieldValue]:
+        fields = dict(c.fixed)
+        for key, get in c.dynamic:
+            fields[key] = get(event)
+        return fields
+
+    def _alert_for(self, c: _Compiled, event: Any, now_ns: int) -> Alert | None:
+        held = 0
+        if self._limiter is not None:
+            key = (c.rule.name, event.proc.container_id)
+            admitted = self._limiter.admit(key, now_ns)
+            if admitted is None:
+                self._limiter.hold(key, now_ns, _Held(c, event.time_ns, event, None))
+                return None
+            held = admitted
+        return self._finish(c, event.time_ns, self._extract(c, event), held)
+
+    def _finish(
+        self, c: _Compiled, time_ns: int, fields: dict[str, FieldValue], held: int
+    ) -> Alert:
+        fields["podlock.suppressed"] = held
+        fields["podlock.drops"] = self._drops
+        self._drops = 0
+        output = "".join([format_value(fields[t]) if f else t for f, t in c.parts])
+        rule = c.rule
+        self.alerts += 1
+        return Alert(time_ns, rule.name, rule.priority, output, fields, rule.tags, self.hostname)
+
+    def _release(self, due: list[tuple[tuple[str, str], int, _Held]], out: list[Alert]) -> None:
+        for _key, others, held in due:
+            fields = (
+                held.fields if held.fields is not None else self._extract(held.compiled, held.event)
+            )
+            out.append(self._finish(held.compiled, held.time_ns, fields, others))
+
+    # --- aggregation ------------------------------------------------------------------------
+
+    def _fold(self, c: _Compiled, event: Any, now_ns: int) -> None:
+        proc = event.proc
+        agg = c.rule.aggregate
+        assert agg is not None
+        key_id = proc.pid if agg.by == "process" else proc.session_id
+        key = (c.rule.name, proc.container_id, key_id)
+        group = self._groups.get(key)
+        if group is None:
+            group = _Group(
+                c, proc.container_id, key_id, event.time_ns, now_ns, now_ns,
+                self._extract(c, event),
+            )  # fmt: skip
+            self._groups[key] = group
+        group.last_ns = now_ns
+        collect = c.collect
+        assert collect is not None
+        value = format_value(collect.value if isinstance(collect, Fixed) else collect(event))
+        if value not in group.seen:
+            if len(group.seen) < _DISTINCT_CAP:
+                group.seen.add(value)
+            group.count += 1
+            if len(group.items) < agg.max_items:
+                group.items.append(value)
+        for name, get in c.union:
+            v = format_value(get.value if isinstance(get, Fixed) else get(event))
+            group.unions.setdefault(name, set()).add(v)
+
+    def _close(self, group: _Group, now_ns: int, out: list[Alert]) -> None:
+        c = group.compiled
+        fields = group.fields
+        fields["podlock.agg.count"] = group.count
+        fields["podlock.agg.items"] = ",".join(group.items)
+        for name, values in group.unions.items():
+            fields[name] = ",".join(sorted(values))
+        held = 0
+        if self._limiter is not None:
+            key = (c.rule.name, group.container_id)
+            admitted = self._limiter.admit(key, now_ns)
+            if admitted is None:
+                self._limiter.hold(key, now_ns, _Held(c, group.time_ns, None, fields))
+                return
+            held = admitted
+        out.append(self._finish(c, group.time_ns, fields, held))
+
+    def _exited(self, proc: Process, now_ns: int, out: list[Alert]) -> None:
+        pid = proc.pid
+        if self._groups:
+            for key in [k for k, g in self._groups.items() if g.key_id == pid]:
+                if key[1] == proc.container_id:
+                    self._close(self._groups.pop(key), now_ns, out)
+        if proc.session is Session.EXEC and pid == proc.session_id:
+            self._sessions.end(pid)
+        self._procs.forget(pid)
+
+    # --- time -------------------------------------------------------------------------------
+
+    def _expire(self, now_ns: int) -> list[Alert]:
+        self._next_check_ns = now_ns + _CHECK_EVERY_NS
+        out: list[Alert] = []
+        if self._groups:
+            for key, g in list(self._groups.items()):
+                agg = g.compiled.rule.aggregate
+                assert agg is not None
+                if now_ns - g.last_ns >= agg.idle_ns or now_ns - g.opened_ns >= agg.max_open_ns:
+                    del self._groups[key]
+                    self._close(g, now_ns, out)
+        if self._limiter is not None:
+            self._release(self._limiter.due(now_ns), out)
+        self._drop_alert(now_ns, out)
+        return out
+
+    def _drop_alert(self, now_ns: int, out: list[Alert], force: bool = False) -> None:
+        """Lost events no alert carried within a second get an alert of their own."""
+        if not self._drops or not DROP_PRIORITY.at_least(self._min_priority):
+            return
+        if not force and now_ns - self._drops_since_ns < _DROP_GRACE_NS:
+            return
+        n, self._drops = self._drops, 0
+        self.alerts += 1
+        out.append(
+            Alert(
+                now_ns,
+                DROP_RULE,
+                DROP_PRIORITY,
+                f"{n} events lost: the kernel ring buffer was full (drops={n})",
+                {"podlock.drops": n},
+                ("podlock_internal",),
+                self.hostname,
+            )
+        )

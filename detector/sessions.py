@@ -1,0 +1,71 @@
+"""Small bounded state the engine keeps between events: each exec session's
+command (its leader's argv) and recently exec'd processes (for `proc.pname`).
+
+The kernel labels sessions; this only remembers what the labels point at. Both
+tables are LRU-bounded and drop entries when the process exits.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from detector.events import Process, Session
+
+
+@dataclass(slots=True)
+class SessionInfo:
+    container_id: str
+    argv: tuple[str, ...]
+    probe: bool | None = None  # None until the container's metadata is known
+
+
+class SessionTable:
+    def __init__(self, capacity: int = 4096) -> None:
+        self._capacity = capacity
+        self._by_id: OrderedDict[int, SessionInfo] = OrderedDict()
+
+    def leader_exec(self, proc: Process) -> None:
+        """Record the session's command at its leader's first exec; later execs of the
+        leader (`sh -c 'exec …'`) keep the session what it started as."""
+        if proc.session is not Session.EXEC or proc.pid != proc.session_id:
+            return
+        if proc.session_id in self._by_id:
+            return
+        self._by_id[proc.session_id] = SessionInfo(proc.container_id, proc.cmdline)
+        if len(self._by_id) > self._capacity:
+            self._by_id.popitem(last=False)
+
+    def get(self, session_id: int) -> SessionInfo | None:
+        return self._by_id.get(session_id)
+
+    def end(self, session_id: int) -> None:
+        self._by_id.pop(session_id, None)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+
+class ProcessTable:
+    """pid → the process as of its last exec, for parent fields."""
+
+    def __init__(self, capacity: int = 32768) -> None:
+        self._capacity = capacity
+        self._by_pid: OrderedDict[int, Process] = OrderedDict()
+
+    def remember(self, proc: Process) -> None:
+        by_pid = self._by_pid
+        if proc.pid in by_pid:
+            by_pid.move_to_end(proc.pid)
+        by_pid[proc.pid] = proc
+        if len(by_pid) > self._capacity:
+            by_pid.popitem(last=False)
+
+    def get(self, pid: int) -> Process | None:
+        return self._by_pid.get(pid)
+
+    def forget(self, pid: int) -> None:
+        self._by_pid.pop(pid, None)
+
+    def __len__(self) -> int:
+        return len(self._by_pid)
