@@ -1,0 +1,52 @@
+"""What every sink shares: the interface and the count-and-log-once failure rule."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from detector.alerts import Alert
+
+log = logging.getLogger("podlock.detector.outputs")
+
+Formatter = Callable[[Alert], str]  # one line, no newline
+
+
+def text_line(alert: Alert) -> str:
+    return alert.to_text()
+
+
+def json_line(alert: Alert) -> str:
+    return alert.to_json()
+
+
+class Sink(Protocol):
+    name: str
+
+    @property
+    def failures(self) -> int:
+        """How many alerts this sink failed to deliver."""
+
+    def emit(self, alert: Alert) -> None:
+        """Deliver one alert; never raises (failures are counted and logged once)."""
+
+    def close(self) -> None: ...
+
+
+class Failures:
+    """Counts a sink's failures and logs the first one, so a dead receiver is
+    reported without flooding the log (or crashing the agent)."""
+
+    def __init__(self, sink: str) -> None:
+        self.sink = sink
+        self.count = 0
+
+    def record(self, problem: str) -> None:
+        self.count += 1
+        if self.count == 1:
+            log.warning(
+                "%s output failed: %s (further failures are counted, not logged)",
+                self.sink,
+                problem,
+            )

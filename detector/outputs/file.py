@@ -1,0 +1,54 @@
+"""Alerts appended to a file, one line each. With keep_alive the file stays open
+(line-buffered); without it each alert opens, appends and closes, as Falco does,
+which lets logrotate move the file away."""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+from detector.alerts import Alert
+from detector.errors import ConfigError
+from detector.outputs.base import Failures, Formatter
+
+
+class FileSink:
+    name = "file"
+
+    def __init__(self, path: str, keep_alive: bool, fmt: Formatter) -> None:
+        self._path = path
+        self._fmt = fmt
+        self._failures = Failures(f"file ({path})")
+        self._handle: TextIO | None = None
+        try:  # fail at start-up, with the key named, rather than on the first alert
+            handle = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        except OSError as err:
+            raise ConfigError(
+                f"file_output.filename: cannot open {path} for appending: {err.strerror}"
+            ) from None
+        if keep_alive:
+            self._handle = handle
+        else:
+            handle.close()
+
+    @property
+    def failures(self) -> int:
+        return self._failures.count
+
+    def emit(self, alert: Alert) -> None:
+        line = self._fmt(alert) + "\n"
+        try:
+            if self._handle is not None:
+                self._handle.write(line)
+            else:
+                with open(self._path, "a", encoding="utf-8") as handle:
+                    handle.write(line)
+        except OSError as err:
+            self._failures.record(f"{self._path}: {err.strerror}")
+
+    def close(self) -> None:
+        if self._handle is not None:
+            try:
+                self._handle.close()
+            except OSError as err:
+                self._failures.record(f"{self._path}: {err.strerror}")
+            self._handle = None

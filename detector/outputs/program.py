@@ -1,0 +1,84 @@
+"""Alerts fed to a shell command's standard input, one line each.
+
+keep_alive: one long-running program gets every alert (restarted if it exits);
+otherwise the program runs once per alert, as Falco does.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+from detector.alerts import Alert
+from detector.outputs.base import Failures, Formatter
+
+_RUN_TIMEOUT_S = 10.0
+
+
+class ProgramSink:
+    name = "program"
+
+    def __init__(self, command: str, keep_alive: bool, fmt: Formatter) -> None:
+        self._command = command
+        self._keep_alive = keep_alive
+        self._fmt = fmt
+        self._failures = Failures(f"program ({command})")
+        self._proc: subprocess.Popen[str] | None = None
+
+    @property
+    def failures(self) -> int:
+        return self._failures.count
+
+    def _running(self) -> subprocess.Popen[str]:
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", self._command],
+                stdin=subprocess.PIPE,
+                text=True,
+                bufsize=1,
+            )
+            self._proc = proc
+        return proc
+
+    def emit(self, alert: Alert) -> None:
+        line = self._fmt(alert) + "\n"
+        if not self._keep_alive:
+            try:
+                done = subprocess.run(
+                    ["/bin/sh", "-c", self._command],
+                    input=line,
+                    text=True,
+                    timeout=_RUN_TIMEOUT_S,
+                    check=False,
+                )
+                if done.returncode != 0:
+                    self._failures.record(f"exited with status {done.returncode}")
+            except (OSError, subprocess.SubprocessError) as err:
+                self._failures.record(str(err))
+            return
+        try:
+            proc = self._running()
+            assert proc.stdin is not None
+            proc.stdin.write(line)
+            proc.stdin.flush()
+        except (OSError, ValueError) as err:  # the program exited: restart on the next alert
+            self._failures.record(str(err))
+            self._reap()
+
+    def _reap(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def close(self) -> None:
+        self._reap()

@@ -1,0 +1,34 @@
+"""Alerts to standard output, one line each, flushed per alert (pipes see them at once)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import TextIO
+
+from detector.alerts import Alert
+from detector.outputs.base import Failures, Formatter
+
+
+class StdoutSink:
+    name = "stdout"
+
+    def __init__(self, fmt: Formatter, stream: TextIO | None = None) -> None:
+        self._fmt = fmt
+        self._stream = stream if stream is not None else sys.stdout
+        self._failures = Failures(self.name)
+
+    @property
+    def failures(self) -> int:
+        return self._failures.count
+
+    def emit(self, alert: Alert) -> None:
+        try:
+            self._stream.write(self._fmt(alert) + "\n")
+            self._stream.flush()
+        except (OSError, ValueError) as err:  # closed pipe or stream
+            self._failures.record(str(err))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
