@@ -44,7 +44,7 @@ UID_ = UID.replace("-", "_")
         (
             f"/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope",
             ContainerRef(ID, None, "podman"),
-        ),  # fmt: skip
+        ),
         # a bare id outside any known parent
         (f"/custom/{ID}", ContainerRef(ID, None, "unknown")),
         # not containers: the host, pod-level cgroups, runtime monitors, near-misses
