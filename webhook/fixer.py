@@ -260,39 +260,34 @@ def _render_group(text: str, group: _Group, root: yaml.Node, style: Style, order
 def _flow_edit(text: str, group: _Group, root: yaml.Node, style: Style, order: int) -> Edit:
     node = group.node
     as_json = _json_like(root) or _quoted_keys(node)
+    values: list[Any]
     if isinstance(node, yaml.SequenceNode):
         entries = [_flow(item, as_json) for item in group.items]
-        members = node.value
-        last_end = _content_end(members[-1]) if members else None
-        first_line = members[0].start_mark.line if members else None
+        values = group.items
+        first = node.value[0] if node.value else None
+        last = node.value[-1] if node.value else None
     else:
         entries = [f"{_flow_key(k, as_json)}: {_flow(v, as_json)}" for k, v in group.pairs]
-        pairs = node.value
-        last_end = _content_end(pairs[-1][1]) if pairs else None
-        first_line = pairs[0][0].start_mark.line if pairs else None
-    if last_end is None:  # empty: `[]` or `{}`
+        values = [v for _, v in group.pairs]
+        first = node.value[0][0] if node.value else None
+        last = node.value[-1][1] if node.value else None
+    if first is None or last is None:  # empty: `[]` or `{}`
         opening = node.start_mark.index
         if text[opening] not in "[{":
             raise CannotFix("cannot find the opening bracket of an empty collection")
         return Edit(opening + 1, opening + 1, ", ".join(entries), group.depth, order)
-    if first_line is not None and first_line > node.start_mark.line:
-        # One member per line, as pretty-printed JSON is: new members likewise.
-        first_member = node.value[0] if isinstance(node, yaml.SequenceNode) else node.value[0][0]
-        member_indent = _line_indent(text, first_member.start_mark.index)
+    last_end = int(last.end_mark.index)
+    # Members each on their own line, brackets too (pretty-printed JSON): new members likewise.
+    if first.start_mark.line > node.start_mark.line and node.end_mark.line > last.end_mark.line:
+        member_indent = _line_indent(text, first.start_mark.index)
         outer = _line_indent(text, node.start_mark.index)
         unit = member_indent[len(outer) :] if member_indent.startswith(outer) else "  "
-        parts = []
-        for item_text, item in zip(
-            entries, group.items or [v for _, v in group.pairs], strict=True
-        ):
-            if as_json and isinstance(item, dict | list) and item:
-                item_text = _pretty_json_member(item_text, item, group, unit)
-            parts.append(
-                style.newline
-                + member_indent
-                + item_text.replace("\n", style.newline + member_indent)
-            )
-        body = "".join("," + part for part in parts)
+        body = ""
+        for entry, value in zip(entries, values, strict=True):
+            if as_json and isinstance(value, dict | list) and value:
+                entry = _pretty_json_member(entry, value, group, unit)
+            body += "," + style.newline + member_indent
+            body += entry.replace("\n", style.newline + member_indent)
     else:
         body = "".join(", " + entry for entry in entries)
     return Edit(last_end, last_end, body, group.depth, order)

@@ -19,7 +19,7 @@ import argparse
 import difflib
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, TextIO
 
@@ -30,7 +30,7 @@ from webhook.config import ConfigError, Settings, load_settings
 from webhook.fixer import CannotFix, Style, apply_edits, plan_edits
 from webhook.hardening import Add, apply, plan
 from webhook.manifests import STDIN, Document, ParseError, Source
-from webhook.podspecs import pod_specs
+from webhook.podspecs import POD_SPEC_PATHS, Path, PodSpecRef, pod_specs
 from webhook.reports import Finding, Format, Report, render
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
@@ -40,31 +40,75 @@ ROFS = "readOnlyRootFilesystem"
 # --- the pure part: one parsed source at a time -------------------------------------------
 
 
-def lint_source(source: Source, settings: Settings) -> tuple[list[Finding], int]:
-    """Findings for every pod spec in the source, and how many pod specs were judged."""
-    findings: list[Finding] = []
-    judged = 0
-    for document in source.documents:
+@dataclass(frozen=True, slots=True)
+class Linted:
+    findings: list[Finding]
+    errors: list[ParseError]  # objects that are not valid Kubernetes objects
+    judged: int  # pod specs judged
+
+
+def judged_refs(
+    source: Source, settings: Settings, errors: list[ParseError] | None = None
+) -> Iterator[tuple[int, Document, PodSpecRef]]:
+    """The pod specs that admission would judge, with their document and its index.
+
+    Skipped: objects in an exempt namespace (admission never sees them) and workload-kind
+    objects without an apiVersion (kubectl refuses them; reported into `errors`).
+    """
+    for index, document in enumerate(source.documents):
         for ref in pod_specs(document.value):
-            if ref.namespace and policy.exemption(ref, ref.namespace, settings):
-                continue  # admission would never judge it either
-            judged += 1
-            for violation in policy.evaluate(ref.spec, settings, "lint"):
-                line = manifests.line_of(document.node, (*ref.path, *violation.path))
-                findings.append(
-                    Finding(
-                        file=source.name,
-                        line=line,
-                        kind=ref.kind,
-                        namespace=ref.namespace,
-                        name=ref.name,
-                        container=violation.container,
-                        rule=violation.rule,
-                        message=violation.message,
+            object_path = ref.path[: len(ref.path) - len(POD_SPEC_PATHS[ref.kind])]
+            api_version = _get(document.value, (*object_path, "apiVersion"))
+            if not isinstance(api_version, str) or not api_version:
+                if errors is not None:
+                    line = manifests.line_of(document.node, object_path)
+                    errors.append(
+                        ParseError(
+                            source.name,
+                            line,
+                            f'{ref.kind} "{ref.name or "<unnamed>"}" has no apiVersion: '
+                            "not a Kubernetes object, not linted",
+                        )
                     )
+                continue
+            if ref.namespace and policy.exemption(ref, ref.namespace, settings):
+                continue
+            yield index, document, ref
+
+
+def _get(value: object, path: Path) -> object:
+    for step in path:
+        if isinstance(value, dict) and isinstance(step, str):
+            value = value.get(step)
+        elif isinstance(value, list) and isinstance(step, int) and 0 <= step < len(value):
+            value = value[step]
+        else:
+            return None
+    return value
+
+
+def lint_source(source: Source, settings: Settings) -> Linted:
+    """Findings for every judged pod spec in the source (pure: no I/O)."""
+    findings: list[Finding] = []
+    errors: list[ParseError] = []
+    judged = 0
+    for _, document, ref in judged_refs(source, settings, errors):
+        judged += 1
+        for violation in policy.evaluate(ref.spec, settings, "lint"):
+            findings.append(
+                Finding(
+                    file=source.name,
+                    line=manifests.line_of(document.node, (*ref.path, *violation.path)),
+                    kind=ref.kind,
+                    namespace=ref.namespace,
+                    name=ref.name,
+                    container=violation.container,
+                    rule=violation.rule,
+                    message=violation.message,
                 )
+            )
     findings.sort(key=lambda f: f.line)  # stable: documents and containers keep their order
-    return findings, judged
+    return Linted(findings, errors, judged)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,21 +125,18 @@ def fix_source(source: Source, settings: Settings) -> Fixed:
     """
     style = Style.of(source.text, [d.node for d in source.documents])
     edits = []
-    expected: list[object] = []
     containers = 0
-    for order, document in enumerate(source.documents):
-        value = document.value
-        for ref in pod_specs(document.value):
-            if ref.namespace and policy.exemption(ref, ref.namespace, settings):
-                continue
-            ops = plan(ref, settings)
-            if not ops:
-                continue
-            _refuse_aliases(document)
-            edits.extend(plan_edits(source.text, document.node, ref.path, ops, style, order))
-            value = apply(value, ops, ref.path)
-            containers += sum(1 for op in ops if _hardens(op))
-        expected.append(value)
+    expected = [document.value for document in source.documents]
+    for order, document, ref in judged_refs(source, settings):
+        ops = plan(ref, settings)
+        if not ops:
+            continue
+        if not document.plain:
+            # An alias's text serves several places, and `<<` merges hide where a field is.
+            raise CannotFix("the document uses YAML aliases, merge keys or tags; fix it by hand")
+        edits.extend(plan_edits(source.text, document.node, ref.path, ops, style, order))
+        expected[order] = apply(expected[order], ops, ref.path)
+        containers += sum(1 for op in ops if _hardens(op))
     if not edits:
         return Fixed(source.text, 0)
     text = apply_edits(source.text, edits)
@@ -114,22 +155,6 @@ def _hardens(op: Add) -> bool:
     if last == "readOnlyRootFilesystem":
         return True
     return last == "securityContext" and isinstance(op.value, dict) and ROFS in op.value
-
-
-def _refuse_aliases(document: Document) -> None:
-    """A node reached twice is an alias: editing its text would change every place using it."""
-    seen: set[int] = set()
-    stack: list[yaml.Node] = [document.node]
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            raise CannotFix("the document uses YAML aliases; fix it by hand")
-        seen.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                stack.extend((key, value))
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend(node.value)
 
 
 def unified_diff(name: str, before: str, after: str) -> str:
@@ -213,9 +238,10 @@ def main(options: Options, stdin: BinaryIO, stdout: TextIO, stderr: TextIO) -> i
                     source = reparsed
             if source.path is None and writing:
                 fixed_stdin = fixed.text
-        found, count = lint_source(source, settings)
-        findings.extend(found)
-        judged += count
+        linted = lint_source(source, settings)
+        findings.extend(linted.findings)
+        errors.extend(linted.errors)
+        judged += linted.judged
 
     report = Report(
         findings=tuple(findings),
@@ -283,7 +309,8 @@ def lint_paths(paths: Iterable[str], settings: Settings) -> Report:
         if isinstance(source, ParseError):
             errors.append(source)
             continue
-        found, count = lint_source(source, settings)
-        findings.extend(found)
-        judged += count
+        linted = lint_source(source, settings)
+        findings.extend(linted.findings)
+        errors.extend(linted.errors)
+        judged += linted.judged
     return Report(tuple(findings), tuple(errors), len(names), judged)

@@ -66,6 +66,9 @@ class Document:
 
     value: object
     node: yaml.Node
+    # Only plain mappings, sequences and scalars, each collection written once: no aliases
+    # to collections, merge keys or unusual tags. Only such documents are fixed in place.
+    plain: bool = True
 
 
 @dataclass(frozen=True)
@@ -169,13 +172,14 @@ def parse_text(text: str) -> tuple[Document, ...]:
         while loader.check_node():
             node = loader.get_node()
             assert node is not None  # check_node() said there is one
+            builder = _Builder()
             try:
-                value = _Builder().build(node)
+                value, plain = builder.build(node), not builder.shared
             except _Unusual:
                 # Merge keys, sets, custom tags, unhashable keys: PyYAML's own constructor
                 # gives the exact result (or the exact error).
-                value = loader.construct_document(node)
-            documents.append(Document(value, node))
+                value, plain = loader.construct_document(node), False
+            documents.append(Document(value, node, plain))
         return tuple(documents)
     finally:
         loader.dispose()
@@ -210,6 +214,7 @@ class _Builder:
 
     def __init__(self) -> None:
         self.memo: dict[int, object] = {}
+        self.shared = False  # some collection is reached twice (an alias)
 
     def build(self, node: yaml.Node) -> Any:
         kind = type(node)
@@ -223,6 +228,7 @@ class _Builder:
             return constructor(_SCALAR_CONSTRUCTOR, node)
         done = self.memo.get(id(node))
         if done is not None:
+            self.shared = True
             return done
         if kind is yaml.MappingNode and tag == _MAP:
             mapping: dict[Any, Any] = {}
