@@ -55,8 +55,11 @@ unit: $(STAMP) bpf
 
 test: system-deps $(STAMP) bpf lint typecheck unit
 
+# Development certificates (git-ignored) on first run, then the webhook on https://127.0.0.1:8443.
 run: system-deps $(STAMP)
-	$(BIN)/podlock lint examples/ || true
+	@test -f $(CERTS)/tls.crt -a -f $(CERTS)/tls.key || \
+	  $(BIN)/podlock certs generate --out $(CERTS) --host 127.0.0.1 --host localhost
+	$(BIN)/podlock serve --bind 127.0.0.1:8443 --cert $(CERTS)/tls.crt --key $(CERTS)/tls.key
 
 bench: system-deps $(STAMP) bpf
 	$(BIN)/python tests/bench/run_all.py
