@@ -8,7 +8,7 @@ from detector.condition.ast import And, Compare, MacroRef, Node, Not, Op, Or, Va
 from detector.condition.binder import bind
 from detector.condition.compiler import compile_condition
 from detector.condition.parser import ConditionSyntaxError, parse
-from detector.events import Event, ExecOrigin, FileOp, FsKind
+from detector.events import Event, ExecEvent, ExecOrigin, FileEvent, FileOp, FsKind
 from detector.fields import EVT_TYPES
 from detector.rules import RuleSet
 from detector.synthetic import StaticMeta, engine, exec_, exec_proc, exit_, proc, write
@@ -20,11 +20,10 @@ MACROS = {"is_exec": parse("podlock.session = exec")}
 def evaluate(condition: str, event: Event) -> bool:
     eng = engine(RuleSet(()), meta=StaticMeta())
     node = bind(parse(condition), LISTS, lambda name, pos: _macro(name))
-    evt_type = {
-        "FileEvent": lambda: event.op.value,  # type: ignore[union-attr]
-        "ExecEvent": lambda: "execve",
-        "ExitEvent": lambda: "procexit",
-    }[type(event).__name__]()
+    if isinstance(event, FileEvent):
+        evt_type = event.op.value
+    else:
+        evt_type = "execve" if isinstance(event, ExecEvent) else "procexit"
     compiled = compile_condition(node, evt_type, eng)
     return compiled if isinstance(compiled, bool) else compiled(event)
 
