@@ -259,15 +259,15 @@ def _render_group(text: str, group: _Group, root: yaml.Node, style: Style, order
 
 def _flow_edit(text: str, group: _Group, root: yaml.Node, style: Style, order: int) -> Edit:
     node = group.node
-    as_json = _json_like(root) or _quoted_keys(node)
+    flavor = _Flavor.of(node, root)
     values: list[Any]
     if isinstance(node, yaml.SequenceNode):
-        entries = [_flow(item, as_json) for item in group.items]
+        entries = [_flow(item, flavor) for item in group.items]
         values = group.items
         first = node.value[0] if node.value else None
         last = node.value[-1] if node.value else None
     else:
-        entries = [f"{_flow_key(k, as_json)}: {_flow(v, as_json)}" for k, v in group.pairs]
+        entries = [f"{flavor.key(k)}: {_flow(v, flavor)}" for k, v in group.pairs]
         values = [v for _, v in group.pairs]
         first = node.value[0][0] if node.value else None
         last = node.value[-1][1] if node.value else None
@@ -283,9 +283,11 @@ def _flow_edit(text: str, group: _Group, root: yaml.Node, style: Style, order: i
         outer = _line_indent(text, node.start_mark.index)
         unit = member_indent[len(outer) :] if member_indent.startswith(outer) else "  "
         body = ""
-        for entry, value in zip(entries, values, strict=True):
-            if as_json and isinstance(value, dict | list) and value:
-                entry = _pretty_json_member(entry, value, group, unit)
+        keys = [None] * len(values) if group.items else [k for k, _ in group.pairs]
+        for key, value in zip(keys, values, strict=True):
+            entry = _pretty(value, unit, flavor, 0)
+            if key is not None:
+                entry = f"{flavor.key(key)}: {entry}"
             body += "," + style.newline + member_indent
             body += entry.replace("\n", style.newline + member_indent)
     else:
@@ -293,12 +295,38 @@ def _flow_edit(text: str, group: _Group, root: yaml.Node, style: Style, order: i
     return Edit(last_end, last_end, body, group.depth, order)
 
 
-def _pretty_json_member(entry: str, item: Any, group: _Group, unit: str) -> str:
-    dumped = json.dumps(item, indent=unit or 2)
-    if isinstance(group.node, yaml.SequenceNode):
-        return dumped
-    key = entry.split(": ", 1)[0]
-    return f"{key}: {dumped}"
+@dataclass(frozen=True)
+class _Flavor:
+    """How a flow collection writes keys and string values."""
+
+    quote_keys: bool  # "key": (JSON) or key:
+    json_values: bool  # every string double-quoted, as JSON (and JSON-style YAML) does
+
+    @staticmethod
+    def of(node: yaml.Node, root: yaml.Node) -> _Flavor:
+        json_like = _json_like(root)
+        quoted = _quoted_keys(node)
+        return _Flavor(json_like if quoted is None else quoted, json_like or bool(quoted))
+
+    def key(self, key: str) -> str:
+        return json.dumps(key) if self.quote_keys else _scalar(key)
+
+    def scalar(self, value: Any) -> str:
+        return json.dumps(value) if self.json_values else _scalar(value)
+
+
+def _pretty(value: Any, unit: str, flavor: _Flavor, level: int) -> str:
+    """Like json.dumps(value, indent=unit), in the collection's flavor."""
+    inner, outer = "\n" + unit * (level + 1), "\n" + unit * level
+    if isinstance(value, dict) and value:
+        members = [
+            f"{flavor.key(str(k))}: {_pretty(v, unit, flavor, level + 1)}" for k, v in value.items()
+        ]
+        return "{" + inner + ("," + inner).join(members) + outer + "}"
+    if isinstance(value, list) and value:
+        members = [_pretty(v, unit, flavor, level + 1) for v in value]
+        return "[" + inner + ("," + inner).join(members) + outer + "]"
+    return flavor.scalar(value)
 
 
 def _json_like(root: yaml.Node) -> bool:
@@ -306,13 +334,14 @@ def _json_like(root: yaml.Node) -> bool:
     return isinstance(root, yaml.CollectionNode) and root.flow_style is True
 
 
-def _quoted_keys(node: yaml.Node) -> bool:
-    """Whether the collection's (or its first mapping item's) keys are written "quoted"."""
+def _quoted_keys(node: yaml.Node) -> bool | None:
+    """Whether the collection's (or its first mapping item's) keys are written "quoted";
+    None when there is no key to look at."""
     if isinstance(node, yaml.SequenceNode):
         node = next((i for i in node.value if isinstance(i, yaml.MappingNode) and i.value), node)
     if isinstance(node, yaml.MappingNode) and node.value:
         return _style(node.value[0][0]) == '"'
-    return False
+    return None
 
 
 def _style(node: yaml.Node) -> str | None:
@@ -331,8 +360,8 @@ def _replace_null(
     key, old = found
     if not (isinstance(old, yaml.ScalarNode) and old.tag == "tag:yaml.org,2002:null"):
         raise CannotFix("the plan adds a key that already has a value")
-    as_json = _json_like(root) or _style(key) == '"'
-    rendered = _flow(value, as_json)
+    quoted = _style(key) == '"'
+    rendered = _flow(value, _Flavor(quoted, quoted or _json_like(root)))
     if _is_empty_scalar(old):
         colon = text.find(":", key.end_mark.index)
         if colon < 0 or text[key.end_mark.index : colon].strip():
@@ -362,20 +391,14 @@ def _scalar(value: Any) -> str:
     raise CannotFix(f"cannot render a {type(value).__name__} value")
 
 
-def _flow(value: Any, as_json: bool) -> str:
-    if as_json:
-        return json.dumps(value)
+def _flow(value: Any, flavor: _Flavor) -> str:
+    """One-line flow rendering: `{name: x, emptyDir: {}}` or JSON."""
     if isinstance(value, dict) and value:
-        return (
-            "{" + ", ".join(f"{_scalar(str(k))}: {_flow(v, False)}" for k, v in value.items()) + "}"
-        )
+        members = (f"{flavor.key(str(k))}: {_flow(v, flavor)}" for k, v in value.items())
+        return "{" + ", ".join(members) + "}"
     if isinstance(value, list) and value:
-        return "[" + ", ".join(_flow(v, False) for v in value) + "]"
-    return _scalar(value)
-
-
-def _flow_key(key: str, as_json: bool) -> str:
-    return json.dumps(key) if as_json else _scalar(key)
+        return "[" + ", ".join(_flow(v, flavor) for v in value) + "]"
+    return flavor.scalar(value)
 
 
 def _block_pair(key: str, value: Any, column: int, style: Style) -> list[str]:
@@ -400,5 +423,5 @@ def _block_item(item: Any, dash: int, content: int, style: Style) -> list[str]:
         lines = [line for k, v in item.items() for line in _block_pair(str(k), v, content, style)]
         return [lead + lines[0][content:], *lines[1:]]
     if isinstance(item, list) and item:
-        return [lead + _flow(item, False)]
+        return [lead + _flow(item, _Flavor(False, False))]
     return [lead + _scalar(item)]
