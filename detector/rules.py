@@ -167,6 +167,17 @@ def load_rules(sources: Sequence[tuple[str, str]]) -> RuleSet:
     return loader.finish()
 
 
+class _Constructor(yaml.constructor.SafeConstructor):
+    """Safe YAML, plus a bare `=` (YAML's "value" tag) read as the string `=`, because
+    Falco's rules write `comps: [=, in]`."""
+
+
+_Constructor.add_constructor(
+    "tag:yaml.org,2002:value",
+    lambda loader, node: loader.construct_scalar(node),  # type: ignore[arg-type]
+)
+
+
 def _yaml_items(filename: str, text: str) -> list[tuple[int, Any]]:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -177,7 +188,7 @@ def _yaml_items(filename: str, text: str) -> list[tuple[int, Any]]:
                 f"rules file {filename}, line {root.start_mark.line + 1}: expected a list of "
                 "rule, macro and list items"
             )
-        constructor = yaml.constructor.SafeConstructor()
+        constructor = _Constructor()
         return [(n.start_mark.line + 1, constructor.construct_document(n)) for n in root.value]
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
@@ -266,7 +277,10 @@ class _Loader:
         self.bound_macros: dict[str, Node] = {}
         self.binding: list[str] = []
         for name in self.macros:
-            self._macro(name, 0, None)
+            try:
+                self._macro(name, 0, None)
+            except _ConditionError as err:
+                raise ConfigError(str(err)) from None
         rules = []
         for item in self.rules.values():
             rule = self._rule(item)

@@ -17,7 +17,18 @@ from collections.abc import Callable
 from typing import Any
 
 from detector.alerts import FieldValue
-from detector.condition.ast import And, BCompare, BExists, Const, Node, Not, Op, Or, Scalar
+from detector.condition.ast import (
+    LIST_OPS,
+    And,
+    BCompare,
+    BExists,
+    Const,
+    Node,
+    Not,
+    Op,
+    Or,
+    Scalar,
+)
 from detector.fields import Extract, FieldDef, FieldEnv, Fixed
 
 Pred = Callable[[Any], bool]
@@ -128,6 +139,8 @@ def value_test(op: Op, value: Scalar | tuple[Scalar, ...]) -> Callable[[FieldVal
 
 
 def _compare(node: BCompare, evt_type: str, env: FieldEnv) -> Compiled:
+    if node.value == () and node.op in LIST_OPS:
+        return False  # an empty list (often an unextended hook list) matches nothing
     bound = extractor(node.field, node.arg, evt_type, env)
     test = value_test(node.op, node.value)
     if isinstance(bound, Fixed):
