@@ -30,7 +30,11 @@ class ProgramSink:
 
     def _running(self) -> subprocess.Popen[str]:
         proc = self._proc
-        if proc is None or proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
+            self._failures.record(f"exited with status {proc.returncode}; restarting it")
+            self._reap()
+            proc = None
+        if proc is None:
             proc = subprocess.Popen(
                 ["/bin/sh", "-c", self._command],
                 stdin=subprocess.PIPE,
@@ -73,7 +77,7 @@ class ProgramSink:
             if proc.stdin is not None:
                 proc.stdin.close()
         except OSError:
-            pass
+            pass  # its reader is gone already
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
