@@ -1,0 +1,167 @@
+"""`podlock detect`: wires settings, probes, state, rules and outputs together.
+
+    settings -> probes attached -> state seeded from /proc -> pidfile -> poll loop
+    (records -> events -> engine -> outputs; lost-record counts; periodic flush)
+
+SIGTERM or SIGINT ends the loop; the one `finally` detaches the probes, closes
+the outputs and removes the pidfile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import enum
+import json
+import os
+import signal
+import sys
+import time
+from types import FrameType
+from typing import Any, TextIO
+
+from detector import procscan
+from detector.decode import DecodeError, RawCgroup, decode
+from detector.events import Event, LostEvents
+from detector.libbpf import LibbpfUnavailable
+from detector.loader import Loader, LoaderError
+from detector.tracker import Tracker
+
+POLL_MS = 100
+FLUSH_EVERY_NS = 100_000_000
+
+
+def _fail(message: str) -> int:
+    print(f"podlock detect: {message}", file=sys.stderr)
+    return 1
+
+
+def event_json(event: Event) -> str:
+    """One event as a JSON line (the PODLOCK_EVENTS_LOG debugging stream)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, enum.Enum):
+            return value.value
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        return value
+
+    body = plain(dataclasses.asdict(event))
+    body["type"] = type(event).__name__
+    return json.dumps(body, separators=(",", ":"))
+
+
+def seed(loader: Loader, tracker: Tracker, host_mnt_ns: int) -> int:
+    """Label what already runs, in the kernel maps and the tracker; returns processes seeded."""
+    found = procscan.scan(host_mnt_ns)
+    for c in found.containers:
+        loader.add_container(c.cgroup_id, c.claimed)
+        tracker.add_container(c.cgroup_id, c.ref)
+    for p in found.processes:
+        loader.label_process(p.pid, p.cgroup_id, p.session, p.session_id)
+        tracker.add_process(p.pid, p.cgroup_id, p.info)
+    return len(found.processes)
+
+
+def run(args: argparse.Namespace) -> int:
+    from detector.config import ConfigError, load_detector_settings
+
+    try:
+        settings = load_detector_settings(args.config, list(args.rules))
+    except ConfigError as exc:
+        return _fail(str(exc))
+    if os.geteuid() != 0:
+        return _fail("loading eBPF probes needs root (CAP_BPF, CAP_PERFMON); run it as root.")
+
+    from detector.engine import Engine
+    from detector.k8s import metadata_from_env
+    from detector.outputs import build_outputs
+
+    host_mnt_ns = procscan.host_mnt_ns()
+    try:
+        loader = Loader(host_mnt_ns)
+    except LibbpfUnavailable as exc:
+        return _fail(f"{exc}; install libbpf1.")
+    try:
+        loader.start()
+    except LoaderError as exc:
+        return _fail(str(exc))
+
+    stopping: list[int] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stopping.append(signum)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    metadata = metadata_from_env()
+    outputs = build_outputs(settings, json_stdout=args.json)
+    pidfile: str | None = args.pidfile
+    events_log: TextIO | None = None
+    try:
+        engine = Engine.from_settings(settings, metadata)
+        boot_to_wall = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        tracker = Tracker(host=procscan.ProcHost(), boot_to_wall_ns=boot_to_wall)
+        seeded = seed(loader, tracker, host_mnt_ns)
+        if log_path := os.environ.get("PODLOCK_EVENTS_LOG"):
+            events_log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed below
+        if pidfile:
+            with open(pidfile, "w", encoding="utf-8") as fh:
+                fh.write(f"{os.getpid()}\n")
+        print(
+            f"podlock detect: probes attached, {seeded} container processes already running",
+            file=sys.stderr,
+            flush=True,
+        )
+
+        def deliver(event: Event, now: int) -> None:
+            if events_log is not None:
+                events_log.write(event_json(event) + "\n")
+                events_log.flush()
+            for alert in engine.process(event, now):
+                outputs.emit(alert)
+
+        lost_seen = 0
+        bad_records = 0
+        next_flush = 0
+        while not stopping:
+            records = loader.poll(POLL_MS)
+            now = time.time_ns()
+            for record in records:
+                try:
+                    raw = decode(record)
+                except DecodeError:
+                    bad_records += 1
+                    continue
+                event = tracker.handle(raw)
+                if isinstance(raw, RawCgroup) and tracker.containers.get(raw.hdr.cgroup_id) is None:
+                    loader.forget_container(raw.hdr.cgroup_id)  # the kernel guessed wrong
+                if event is not None:
+                    deliver(event, now)
+            lost = loader.drops() + bad_records
+            if lost > lost_seen:
+                deliver(LostEvents(time_ns=now, count=lost - lost_seen), now)
+                lost_seen = lost
+            if now >= next_flush:
+                for alert in engine.flush(now):
+                    outputs.emit(alert)
+                next_flush = now + FLUSH_EVERY_NS
+        # emit what waits on a quiet period (e.g. an unfinished copy) before leaving
+        for alert in engine.flush(time.time_ns() + 60 * 1_000_000_000):
+            outputs.emit(alert)
+        return 0
+    finally:
+        loader.close()
+        outputs.close()
+        close = getattr(metadata, "close", None)
+        if callable(close):
+            close()
+        if events_log is not None:
+            events_log.close()
+        if pidfile:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(pidfile)
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
