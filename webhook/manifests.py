@@ -102,8 +102,10 @@ def discover(paths: Sequence[str]) -> tuple[list[str], list[ParseError]]:
     seen: set[str] = set()
 
     def add(name: str) -> None:
-        if name not in seen:
-            seen.add(name)
+        # A file named twice (or reached through two spellings) is read once.
+        key = name if name == STDIN else os.path.realpath(name)
+        if key not in seen:
+            seen.add(key)
             found.append(name)
 
     for raw in paths:
@@ -153,7 +155,11 @@ def parse(name: str, path: str | None, data: bytes) -> Source | ParseError:
     try:
         documents = parse_text(text)
     except yaml.MarkedYAMLError as e:
-        return ParseError(name, _mark_line(e), _yaml_message(e))
+        message = _yaml_message(e)
+        mark = e.problem_mark
+        if mark is not None and text[mark.index : mark.index + 1] == "\t":
+            message += "; YAML indents with spaces, not tabs"
+        return ParseError(name, _mark_line(e), message)
     except yaml.reader.ReaderError as e:
         line = text.count("\n", 0, e.position) + 1
         return ParseError(name, line, f"invalid YAML: {_reader_problem(e)}")

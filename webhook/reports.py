@@ -156,7 +156,6 @@ def _sarif_rule(rule_id: str) -> dict[str, Any]:
         "shortDescription": {"text": info.title},
         "fullDescription": {"text": info.description},
         "help": {"text": info.help, "markdown": info.help},
-        "helpUri": f"{INFORMATION_URI}/rules/{rule_id}",
         "defaultConfiguration": {"level": info.severity},
         "properties": {
             "tags": ["security", "kubernetes", "immutability"],
