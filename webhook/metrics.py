@@ -88,6 +88,10 @@ class Metrics:
             ["result"],
             registry=target,
         )
+        # Label lookups cost more than the increment itself; the label sets are few (bounded
+        # by the checks in observe()), so keep the children.
+        self._request_children: dict[tuple[str, str, str, str, str], Counter] = {}
+        self._duration_children: dict[tuple[str, str], Histogram] = {}
         if shared:
             MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
         if cert_seconds_left is not None:
@@ -106,8 +110,17 @@ class Metrics:
         if result == "error":
             op = UNKNOWN_OPERATION
         for rule in rules or (NO_RULE,):
-            self._requests.labels(endpoint, mode, op, result, rule).inc()
-        self._duration.labels(endpoint, mode).observe(seconds)
+            key = (endpoint, mode, op, result, rule)
+            counter = self._request_children.get(key)
+            if counter is None:
+                counter = self._request_children[key] = self._requests.labels(*key)
+            counter.inc()
+        histogram = self._duration_children.get((endpoint, mode))
+        if histogram is None:
+            histogram = self._duration_children[(endpoint, mode)] = self._duration.labels(
+                endpoint, mode
+            )
+        histogram.observe(seconds)
 
     def tls_reloaded(self, result: str) -> None:
         self._reloads.labels(result).inc()
