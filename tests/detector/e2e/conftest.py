@@ -185,6 +185,10 @@ class Detector:
                 raise AssertionError(f"timed out; alerts so far: {rules}")
             time.sleep(0.2)
 
+    def stop(self) -> int:
+        """SIGTERM, as a DaemonSet's pod deletion sends; returns the exit status."""
+        return stop_detector(self)
+
     def settle(self, seconds: float = 1.5) -> list[Alert]:
         """Alerts after a quiet period (for asserting that something did NOT happen)."""
         time.sleep(seconds)
@@ -246,6 +250,21 @@ def detector(e2e_dir: Path) -> Iterator[Detector]:
     d = start_detector(e2e_dir / "detector")
     yield d
     stop_detector(d)
+
+
+@pytest.fixture
+def detector_factory(e2e_dir: Path) -> Iterator[Callable[[str], Detector]]:
+    """Starts extra detectors (by work-directory name); stops whatever is left running."""
+    started: list[Detector] = []
+
+    def start(name: str) -> Detector:
+        started.append(start_detector(e2e_dir / name))
+        return started[-1]
+
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            stop_detector(d)
 
 
 @pytest.fixture(scope="session")
