@@ -60,6 +60,8 @@ def server_context(
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_SINGLE_ECDH_USE
     ctx.set_ciphers(TLS12_CIPHERS)
+    # gunicorn speaks HTTP/1.1 only; say so, so that a Go client never tries h2 on us.
+    ctx.set_alpn_protocols(["http/1.1"])
     # The ssl module loads key material from paths only; an anonymous in-memory file gives it
     # exactly the bytes we parsed, with nothing written to a (possibly read-only) disk.
     fd = os.memfd_create("podlock-tls", os.MFD_CLOEXEC)

@@ -238,3 +238,13 @@ def test_serve_refuses_bad_start_with_one_line(
     err = capsys.readouterr().err
     assert err.startswith("podlock serve: ") and err.count("\n") == 1
     assert message in err
+
+
+def test_alpn_offers_http11_only(server: Server) -> None:
+    ctx = client_context(server.cafile)
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    with (
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        assert tls.selected_alpn_protocol() == "http/1.1"
