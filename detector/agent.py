@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 from types import FrameType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from detector import procscan
 from detector.decode import DecodeError, RawCgroup, decode
@@ -27,6 +27,10 @@ from detector.events import Event, LostEvents
 from detector.libbpf import LibbpfUnavailable
 from detector.loader import Loader, LoaderError
 from detector.tracker import Tracker
+
+if TYPE_CHECKING:
+    from detector.engine import Engine
+    from detector.outputs import Outputs
 
 POLL_MS = 100
 FLUSH_EVERY_NS = 100_000_000
@@ -64,6 +68,61 @@ def seed(loader: Loader, tracker: Tracker, host_mnt_ns: int) -> int:
         loader.label_process(p.pid, p.cgroup_id, p.session, p.session_id)
         tracker.add_process(p.pid, p.cgroup_id, p.info)
     return len(found.processes)
+
+
+class Pipeline:
+    """records -> events -> alerts -> outputs, one poll at a time (the agent's loop body;
+    the benchmark drives it too)."""
+
+    def __init__(
+        self,
+        loader: Loader,
+        tracker: Tracker,
+        engine: Engine,
+        outputs: Outputs,
+        events_log: TextIO | None = None,
+    ) -> None:
+        self.loader, self.tracker, self.engine, self.outputs = loader, tracker, engine, outputs
+        self.events_log = events_log
+        self.lost_seen = 0
+        self.bad_records = 0
+        self.processed = 0
+
+    def deliver(self, event: Event, now: int) -> None:
+        if self.events_log is not None:
+            self.events_log.write(event_json(event) + "\n")
+            self.events_log.flush()
+        for alert in self.engine.process(event, now):
+            self.outputs.emit(alert)
+
+    def step(self, timeout_ms: int) -> int:
+        """Poll once and handle what came; returns the wall-clock time it used."""
+        records = self.loader.poll(timeout_ms)
+        now = time.time_ns()
+        for record in records:
+            try:
+                raw = decode(record)
+            except DecodeError:
+                self.bad_records += 1
+                continue
+            event = self.tracker.handle(raw)
+            if (
+                isinstance(raw, RawCgroup)
+                and self.tracker.containers.get(raw.hdr.cgroup_id) is None
+            ):
+                self.loader.forget_container(raw.hdr.cgroup_id)  # the kernel guessed wrong
+            if event is not None:
+                self.deliver(event, now)
+                self.processed += 1
+        lost = self.loader.drops() + self.bad_records
+        if lost > self.lost_seen:
+            self.deliver(LostEvents(time_ns=now, count=lost - self.lost_seen), now)
+            self.lost_seen = lost
+        return now
+
+    def flush(self, now: int) -> None:
+        for alert in self.engine.flush(now):
+            self.outputs.emit(alert)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,41 +175,15 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-        def deliver(event: Event, now: int) -> None:
-            if events_log is not None:
-                events_log.write(event_json(event) + "\n")
-                events_log.flush()
-            for alert in engine.process(event, now):
-                outputs.emit(alert)
-
-        lost_seen = 0
-        bad_records = 0
+        pipeline = Pipeline(loader, tracker, engine, outputs, events_log)
         next_flush = 0
         while not stopping:
-            records = loader.poll(POLL_MS)
-            now = time.time_ns()
-            for record in records:
-                try:
-                    raw = decode(record)
-                except DecodeError:
-                    bad_records += 1
-                    continue
-                event = tracker.handle(raw)
-                if isinstance(raw, RawCgroup) and tracker.containers.get(raw.hdr.cgroup_id) is None:
-                    loader.forget_container(raw.hdr.cgroup_id)  # the kernel guessed wrong
-                if event is not None:
-                    deliver(event, now)
-            lost = loader.drops() + bad_records
-            if lost > lost_seen:
-                deliver(LostEvents(time_ns=now, count=lost - lost_seen), now)
-                lost_seen = lost
+            now = pipeline.step(POLL_MS)
             if now >= next_flush:
-                for alert in engine.flush(now):
-                    outputs.emit(alert)
+                pipeline.flush(now)
                 next_flush = now + FLUSH_EVERY_NS
         # emit what waits on a quiet period (e.g. an unfinished copy) before leaving
-        for alert in engine.flush(time.time_ns() + 60 * 1_000_000_000):
-            outputs.emit(alert)
+        pipeline.flush(time.time_ns() + 60 * 1_000_000_000)
         return 0
     finally:
         loader.close()
