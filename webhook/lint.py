@@ -16,22 +16,22 @@ and with --fix on stdin (`-`) it carries the fixed stream; the report then goes 
 from __future__ import annotations
 
 import argparse
-import difflib
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, TextIO
+from typing import TYPE_CHECKING, BinaryIO, Literal, TextIO
 
 import yaml
 
 from webhook import manifests, policy
 from webhook.config import ConfigError, Settings, load_settings
-from webhook.fixer import CannotFix, Style, apply_edits, plan_edits
-from webhook.hardening import Add, apply, plan
 from webhook.manifests import STDIN, Document, ParseError, Source
 from webhook.podspecs import POD_SPEC_PATHS, Path, PodSpecRef, pod_specs
 from webhook.reports import Finding, Format, Report, render
+
+if TYPE_CHECKING:
+    from webhook.hardening import Add
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 ROFS = "readOnlyRootFilesystem"
@@ -123,6 +123,10 @@ def fix_source(source: Source, settings: Settings) -> Fixed:
     The new text is parsed again and must give exactly `hardening.apply(original, ops)` for
     every document: a text edit that means anything else is never written.
     """
+    # Imported here: plain linting needs neither the fixer nor the hardening plan.
+    from webhook.fixer import CannotFix, Style, apply_edits, plan_edits
+    from webhook.hardening import apply, plan
+
     style = Style.of(source.text, [d.node for d in source.documents])
     edits = []
     containers = 0
@@ -158,6 +162,8 @@ def _hardens(op: Add) -> bool:
 
 
 def unified_diff(name: str, before: str, after: str) -> str:
+    import difflib
+
     lines = difflib.unified_diff(
         before.splitlines(keepends=True),
         after.splitlines(keepends=True),
@@ -195,6 +201,99 @@ def run(args: argparse.Namespace) -> int:
     return main(options, sys.stdin.buffer, sys.stdout, sys.stderr)
 
 
+@dataclass(frozen=True, slots=True)
+class FileOutcome:
+    """Everything one input contributes to the report (small: it crosses process borders)."""
+
+    findings: tuple[Finding, ...] = ()
+    errors: tuple[ParseError, ...] = ()
+    judged: int = 0
+    fixed_containers: int = 0  # hardened (or, with --diff, that would be)
+    diff: str = ""
+    text: str | None = None  # stdin's text after --fix
+
+
+def process(name: str, settings: Settings, mode: Mode, stdin: bytes | None = None) -> FileOutcome:
+    """Read, (fix,) and lint one input: files are written here, stdin's text is returned."""
+    source = manifests.read(name, stdin)
+    if isinstance(source, ParseError):
+        return FileOutcome(errors=(source,))
+    errors: list[ParseError] = []
+    fixed_containers, diff, text = 0, "", None
+    if mode != "lint":
+        from webhook.fixer import CannotFix
+
+        try:
+            fixed = fix_source(source, settings)
+        except CannotFix as e:
+            errors.append(ParseError(source.name, None, f"not fixed: {e}"))
+            fixed = Fixed(source.text, 0)
+        if fixed.text != source.text:
+            if mode == "diff":
+                diff = unified_diff(source.name, source.text, fixed.text)
+            elif source.path is not None:
+                error = _write(source, fixed.text)
+                if error:
+                    errors.append(error)
+                    fixed = Fixed(source.text, 0)
+            fixed_containers = fixed.containers
+            # Report what is left after the fix, at the fixed text's lines.
+            reparsed = manifests.parse(source.name, source.path, _encode(source, fixed.text))
+            if isinstance(reparsed, Source):
+                source = reparsed
+        if source.path is None and mode == "fix":
+            text = fixed.text
+    linted = lint_source(source, settings)
+    return FileOutcome(
+        findings=tuple(linted.findings),
+        errors=(*errors, *linted.errors),
+        judged=linted.judged,
+        fixed_containers=fixed_containers,
+        diff=diff,
+        text=text,
+    )
+
+
+Mode = Literal["lint", "fix", "diff"]
+FIXING: dict[Mode, Literal["", "fixed", "would fix"]] = {
+    "lint": "",
+    "fix": "fixed",
+    "diff": "would fix",
+}
+PARALLEL_MIN_FILES = 64  # below this, starting workers costs more than it saves
+
+
+def process_all(names: Sequence[str], settings: Settings, mode: Mode) -> list[FileOutcome]:
+    """`process` over files, in order; on several CPUs, over a few forked workers.
+
+    The work is YAML parsing, CPU-bound and per file, so processes (not threads) divide it.
+    """
+    jobs = min(len(os.sched_getaffinity(0)), 8) if hasattr(os, "sched_getaffinity") else 1
+    if jobs < 2 or len(names) < PARALLEL_MIN_FILES or not _can_fork():
+        return [process(name, settings, mode) for name in names]
+    import multiprocessing
+
+    global _WORKER_ARGS
+    _WORKER_ARGS = (settings, mode)  # inherited by the forked workers, never pickled
+    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        return pool.map(_process_in_worker, names, chunksize=max(1, len(names) // (jobs * 8)))
+
+
+_WORKER_ARGS: tuple[Settings, Mode] | None = None
+
+
+def _process_in_worker(name: str) -> FileOutcome:
+    assert _WORKER_ARGS is not None
+    return process(name, *_WORKER_ARGS)
+
+
+def _can_fork() -> bool:
+    # fork() from a process with other threads running (a test server, say) is unsafe.
+    import threading
+
+    return hasattr(os, "fork") and threading.active_count() == 1
+
+
 def main(options: Options, stdin: BinaryIO, stdout: TextIO, stderr: TextIO) -> int:
     try:
         settings = load_settings(options.config)
@@ -205,55 +304,29 @@ def main(options: Options, stdin: BinaryIO, stdout: TextIO, stderr: TextIO) -> i
         print("podlock lint: - (stdin) may be given only once", file=stderr)
         return EXIT_ERROR
     names, errors = manifests.discover(options.paths)
-    stdin_bytes = stdin.read() if STDIN in names else None
+    mode: Mode = "diff" if options.diff else "fix" if options.fix else "lint"
 
-    findings: list[Finding] = []
-    judged = fixed_containers = fixed_files = 0
-    diffs: list[str] = []
-    fixed_stdin: str | None = None
-    writing = options.fix and not options.diff
-    for name in names:
-        source = manifests.read(name, stdin_bytes if name == STDIN else None)
-        if isinstance(source, ParseError):
-            errors.append(source)
-            continue
-        if options.fix or options.diff:
-            try:
-                fixed = fix_source(source, settings)
-            except CannotFix as e:
-                errors.append(ParseError(source.name, None, f"not fixed: {e}"))
-                fixed = Fixed(source.text, 0)
-            if fixed.text != source.text:
-                fixed_containers += fixed.containers
-                fixed_files += 1
-                if options.diff:
-                    diffs.append(unified_diff(source.name, source.text, fixed.text))
-                elif source.path is not None:
-                    error = _write(source, fixed.text)
-                    if error:
-                        errors.append(error)
-                        fixed = Fixed(source.text, 0)
-                reparsed = manifests.parse(source.name, source.path, _encode(source, fixed.text))
-                if isinstance(reparsed, Source):
-                    source = reparsed
-            if source.path is None and writing:
-                fixed_stdin = fixed.text
-        linted = lint_source(source, settings)
-        findings.extend(linted.findings)
-        errors.extend(linted.errors)
-        judged += linted.judged
+    files = [name for name in names if name != STDIN]
+    by_name = dict(zip(files, process_all(files, settings, mode), strict=True))
+    if STDIN in names:
+        by_name[STDIN] = process(STDIN, settings, mode, stdin.read())
+    outcomes = [by_name[name] for name in names]
 
+    findings = [f for o in outcomes for f in o.findings]
+    errors.extend(e for o in outcomes for e in o.errors)
+    diffs = [o.diff for o in outcomes if o.diff]
     report = Report(
         findings=tuple(findings),
         errors=tuple(errors),
         files=len(names),
-        pod_specs=judged,
-        fixed_containers=fixed_containers,
-        fixed_files=fixed_files,
-        fixing=("would fix" if options.diff else "fixed") if (options.fix or options.diff) else "",
+        pod_specs=sum(o.judged for o in outcomes),
+        fixed_containers=sum(o.fixed_containers for o in outcomes),
+        fixed_files=sum(1 for o in outcomes if o.fixed_containers),
+        fixing=FIXING[mode],
     )
     rendered = render(report, options.format, _version() if options.format == "sarif" else "0")
-    if options.diff:
+    fixed_stdin = next((o.text for o in outcomes if o.text is not None), None)
+    if mode == "diff":
         stdout.write("".join(diffs))
         stderr.write(rendered)
     elif fixed_stdin is not None:
@@ -300,17 +373,12 @@ def _version() -> str:
 
 
 def lint_paths(paths: Iterable[str], settings: Settings) -> Report:
-    """Lint files (no stdin, no fixing): the library entry point used by tests and benchmarks."""
+    """Lint files (no stdin, no fixing): the library entry point for tests and benchmarks."""
     names, errors = manifests.discover(list(paths))
-    findings: list[Finding] = []
-    judged = 0
-    for name in names:
-        source = manifests.read(name)
-        if isinstance(source, ParseError):
-            errors.append(source)
-            continue
-        linted = lint_source(source, settings)
-        findings.extend(linted.findings)
-        errors.extend(linted.errors)
-        judged += linted.judged
-    return Report(tuple(findings), tuple(errors), len(names), judged)
+    outcomes = process_all(names, settings, "lint")
+    return Report(
+        findings=tuple(f for o in outcomes for f in o.findings),
+        errors=(*errors, *(e for o in outcomes for e in o.errors)),
+        files=len(names),
+        pod_specs=sum(o.judged for o in outcomes),
+    )

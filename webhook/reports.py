@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections import Counter
@@ -10,7 +9,6 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import PurePath
 from typing import Any, Literal
-from urllib.parse import quote
 
 from webhook.manifests import STDIN_NAME, ParseError
 from webhook.policy import RULES
@@ -167,6 +165,8 @@ def _sarif_rule(rule_id: str) -> dict[str, Any]:
 
 
 def _sarif_result(f: Finding, rule_index: int, base: str) -> dict[str, Any]:
+    import hashlib
+
     identity = "\0".join((f.kind, f.namespace, f.name, f.container, f.rule))
     return {
         "ruleId": f.rule,
@@ -196,10 +196,16 @@ def _artifact(file: str, base: str) -> dict[str, Any]:
     relative = os.path.relpath(absolute, base)
     if relative == os.pardir or relative.startswith(os.pardir + os.sep):
         return {"uri": _file_uri(absolute)}
-    return {"uri": quote(PurePath(relative).as_posix()), "uriBaseId": "%SRCROOT%"}
+    return {"uri": _quote(PurePath(relative).as_posix()), "uriBaseId": "%SRCROOT%"}
 
 
 def _file_uri(path: str, directory: bool = False) -> str:
-    uri = "file://" + quote(PurePath(os.path.abspath(path)).as_posix())
+    uri = "file://" + _quote(PurePath(os.path.abspath(path)).as_posix())
     # SARIF wants a base URI to end with a slash.
     return uri + "/" if directory and not uri.endswith("/") else uri
+
+
+def _quote(path: str) -> str:
+    from urllib.parse import quote  # only SARIF needs it: kept off the plain lint path
+
+    return quote(path)
