@@ -201,6 +201,7 @@ def _serve_args(**kw: object) -> argparse.Namespace:
     ("case", "message"),
     [
         ("cert-without-key", "give --cert and --key together"),
+        ("no-default-certs", "no .certs/tls.crt / .certs/tls.key: create them with"),
         ("bad-bind", "--bind 'localhost': expected HOST:PORT"),
         ("zero-workers", "--workers 0: need at least 1"),
         ("missing-config", "nope.yaml: cannot read the policy file"),
@@ -213,6 +214,7 @@ def test_serve_refuses_bad_start_with_one_line(
     tmp_path: Path,
     bundle: Bundle,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
     case: str,
     message: str,
 ) -> None:
@@ -221,6 +223,10 @@ def test_serve_refuses_bad_start_with_one_line(
     args = _serve_args(cert=cert, key=key)
     if case == "cert-without-key":
         args.key = None
+    elif case == "no-default-certs":
+        (tmp_path / "empty").mkdir()
+        monkeypatch.chdir(tmp_path / "empty")
+        args.cert = args.key = None
     elif case == "bad-bind":
         args.bind = "localhost"
     elif case == "zero-workers":
