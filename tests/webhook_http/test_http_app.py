@@ -72,6 +72,7 @@ CLEAN = _pod_review(securityContext={"readOnlyRootFilesystem": True, "runAsUser"
         ("/validate/enforce", "validate", "enforce"),
         ("/validate/warn", "validate", "warn"),
         ("/validate/audit", "validate", "audit"),
+        ("/mutate/warn?timeout=5s", "mutate", "warn"),  # the API server adds ?timeout=
     ],
 )
 @pytest.mark.parametrize("body_name", ["example", "privileged", "clean"])
