@@ -17,6 +17,7 @@ Why these gunicorn settings:
 from __future__ import annotations
 
 import argparse
+import gc
 import glob
 import logging
 import os
@@ -158,5 +159,8 @@ def _serve(
         "loglevel": "info",
         "proc_name": "podlock",
     }
+    # Everything loaded so far (Flask, the policy, the TLS context) lives as long as the
+    # process: keep the collector from scanning it in every worker, and its pages shared.
+    gc.freeze()
     _Server(app, options).run()
     return 0
