@@ -48,7 +48,8 @@ class _Compiled:
     rule: Rule
     pred: Pred | None  # None: the type alone satisfies the condition
     fixed: dict[str, FieldValue]
-    dynamic: tuple[tuple[str, Extract], ...]
+    dynamic_keys: tuple[str, ...]
+    dynamic_getters: tuple[Extract, ...]
     parts: tuple[tuple[bool, str], ...]  # (is a field key, text)
     collect: Extract | Fixed | None = None
     union: tuple[tuple[str, Extract | Fixed], ...] = ()
@@ -96,6 +97,8 @@ class Engine:
         self._sessions = SessionTable()
         self._procs = ProcessTable()
         self._num = 0
+        self._meta_cid, self._meta_num = "", -1  # see meta()
+        self._meta: ContainerMeta | None = None
         self._drops = 0
         self._drops_since_ns = 0
         self._min_priority = min_priority
@@ -113,7 +116,8 @@ class Engine:
         for rule in self.rules:
             if not any(c.rule is rule for cs in by_type.values() for c in cs):
                 self.warnings.append(f"rule '{rule.name}' ({rule.origin}) can never match")
-        self._file_rules = {op: by_type[op.value] for op in FileOp}
+        # keyed by the op's value string: hashing an Enum member runs Python code
+        self._file_rules = {op.value: by_type[op.value] for op in FileOp}
         self._exec_rules = by_type[EXEC_EVT]
         self._exit_rules = by_type[EXIT_EVT]
         self.events = 0
@@ -133,7 +137,7 @@ class Engine:
     def rules_for(self, evt_type: str) -> tuple[str, ...]:
         """Names of the rules an event of this type meets (the index), for tests/tools."""
         table = {EXEC_EVT: self._exec_rules, EXIT_EVT: self._exit_rules}
-        table.update({op.value: cs for op, cs in self._file_rules.items()})
+        table.update(self._file_rules)
         return tuple(c.rule.name for c in table[evt_type])
 
     # --- compilation ------------------------------------------------------------------------
@@ -162,7 +166,14 @@ class Engine:
                 else (False, p)
                 for p in rule.output.parts
             )
-            compiled = _Compiled(rule, None if pred is True else pred, fixed, tuple(dynamic), parts)
+            compiled = _Compiled(
+                rule,
+                None if pred is True else pred,
+                fixed,
+                tuple(k for k, _ in dynamic),
+                tuple(g for _, g in dynamic),
+                parts,
+            )
             agg = rule.aggregate
             if agg is not None:
                 compiled.collect = extractor(FIELDS[agg.collect[0]], agg.collect[1], evt_type, self)
@@ -177,7 +188,12 @@ class Engine:
     # --- FieldEnv: state some fields read ----------------------------------------------------
 
     def meta(self, container_id: str) -> ContainerMeta | None:
-        return self._lookup(container_id) if container_id else None
+        # One lookup per event and container: an alert reads several k8s fields.
+        if container_id == self._meta_cid and self._meta_num == self._num:
+            return self._meta
+        meta = self._lookup(container_id) if container_id else None
+        self._meta_cid, self._meta_num, self._meta = container_id, self._num, meta
+        return meta
 
     def is_probe(self, proc: Process) -> bool:
         if proc.session is not Session.EXEC:
@@ -211,7 +227,7 @@ class Engine:
     def process(self, event: Event, now_ns: int) -> list[Alert]:
         cls = type(event)
         if cls is FileEvent:
-            rules = self._file_rules[event.op]  # type: ignore[union-attr]
+            rules = self._file_rules[event.op._value_]  # type: ignore[union-attr]
         elif cls is ExecEvent:
             proc = event.proc  # type: ignore[union-attr]
             self._procs.remember(proc)
@@ -262,9 +278,8 @@ class Engine:
     # --- alerts ---------------------------------------------------------------------------
 
     def _extract(self, c: _Compiled, event: Any) -> dict[str, FieldValue]:
-        fields = dict(c.fixed)
-        for key, get in c.dynamic:
-            fields[key] = get(event)
+        fields = c.fixed.copy()
+        fields.update(zip(c.dynamic_keys, [get(event) for get in c.dynamic_getters], strict=True))
         return fields
 
     def _alert_for(self, c: _Compiled, event: Any, now_ns: int) -> Alert | None:
@@ -284,7 +299,12 @@ class Engine:
         fields["podlock.suppressed"] = held
         fields["podlock.drops"] = self._drops
         self._drops = 0
-        output = "".join([format_value(fields[t]) if f else t for f, t in c.parts])
+        output = "".join(
+            [
+                (v if (v := fields[t]).__class__ is str else format_value(v)) if f else t
+                for f, t in c.parts
+            ]
+        )
         rule = c.rule
         self.alerts += 1
         return Alert(time_ns, rule.name, rule.priority, output, fields, rule.tags, self.hostname)

@@ -79,6 +79,9 @@ class FieldDef:
         return self.bind is None
 
 
+# Enum members' values are read through `_value_`, a plain attribute, because `.value`
+# is a Python-level descriptor and these fields sit on the per-event hot path.
+
 # --- binder helpers ----------------------------------------------------------------------
 
 
@@ -256,7 +259,7 @@ _DEFS: tuple[FieldDef, ...] = (
     # podlock.*
     FieldDef("podlock.session", _S, "`exec` (entered later: kubectl exec/cp, probes) or "
              "`container` (the container's own processes)",
-             _always(attrgetter("proc.session.value"))),
+             _always(attrgetter("proc.session._value_"))),
     FieldDef("podlock.session_id", _I, "host pid of the exec session's first process, 0 for "
              "container", _always(attrgetter("proc.session_id"))),
     FieldDef("podlock.session_leader", _B, "this process is the exec session's first process",
@@ -266,9 +269,9 @@ _DEFS: tuple[FieldDef, ...] = (
     FieldDef("podlock.probe", _B, "the exec session runs one of the pod's exec probe commands",
              _with_env(_probe)),
     FieldDef("podlock.fs", _S, "`rootfs`, `volume` or `unknown`",
-             _on(_FILES, attrgetter("fs.value"))),
+             _on(_FILES, attrgetter("fs._value_"))),
     FieldDef("podlock.origin", _S, "where an executed binary came from: image, upper, volume, "
-             "memfd, unknown", _on((EXEC_EVT,), attrgetter("origin.value"))),
+             "memfd, unknown", _on((EXEC_EVT,), attrgetter("origin._value_"))),
     FieldDef("podlock.flags", _I, "raw open flags or new mode bits", _on(_FILES,
              attrgetter("flags"))),
     FieldDef("podlock.cgroup_id", _I, "cgroup id", _always(attrgetter("proc.cgroup_id"))),

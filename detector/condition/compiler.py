@@ -52,6 +52,9 @@ def compile_condition(node: Node, evt_type: str, env: FieldEnv) -> Compiled:
     if isinstance(node, Const):
         return node.value
     if isinstance(node, Not):
+        fused = _negated_compare(node.item, evt_type, env)
+        if fused is not None:
+            return fused
         inner = compile_condition(node.item, evt_type, env)
         if isinstance(inner, bool):
             return not inner
@@ -61,6 +64,22 @@ def compile_condition(node: Node, evt_type: str, env: FieldEnv) -> Compiled:
     if isinstance(node, Or):
         return _junction(node.items, evt_type, env, conj=False)
     raise TypeError(f"unbound node {node!r}")  # the binder removes every other kind
+
+
+def _negated_compare(node: Node, evt_type: str, env: FieldEnv) -> Pred | None:
+    """`not f = v` and `not f in (…)` as one closure (`!=` / `not in` are exactly their
+    negations, None included); the default rules' hooks are mostly of this shape."""
+    if not isinstance(node, BCompare) or node.op not in (Op.EQ, Op.IN) or node.value == ():
+        return None
+    bound = extractor(node.field, node.arg, evt_type, env)
+    if isinstance(bound, Fixed):
+        return None  # folds to a constant the ordinary way
+    get: Callable[[Any], Any] = bound
+    v: Any = node.value
+    if node.op is Op.EQ:
+        return lambda ev: get(ev) != v
+    members = frozenset(v)
+    return lambda ev: get(ev) not in members
 
 
 def _junction(items: tuple[Node, ...], evt_type: str, env: FieldEnv, conj: bool) -> Compiled:
