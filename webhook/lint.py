@@ -268,7 +268,7 @@ def process_all(names: Sequence[str], settings: Settings, mode: Mode) -> list[Fi
 
     The work is YAML parsing, CPU-bound and per file, so processes (not threads) divide it.
     """
-    jobs = min(len(os.sched_getaffinity(0)), 8) if hasattr(os, "sched_getaffinity") else 1
+    jobs = _jobs()
     if jobs < 2 or len(names) < PARALLEL_MIN_FILES or not _can_fork():
         return [process(name, settings, mode) for name in names]
     import multiprocessing
@@ -280,6 +280,14 @@ def process_all(names: Sequence[str], settings: Settings, mode: Mode) -> list[Fi
 
 
 _WORKER_ARGS: tuple[Settings, Mode] | None = None
+
+
+def _jobs() -> int:
+    """Workers: PODLOCK_LINT_JOBS if set (1 = no workers), else one per usable CPU, up to 8."""
+    configured = os.environ.get("PODLOCK_LINT_JOBS", "")
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
+    return min(len(os.sched_getaffinity(0)), 8) if hasattr(os, "sched_getaffinity") else 1
 
 
 def _process_in_worker(name: str) -> FileOutcome:
