@@ -43,6 +43,19 @@ EXIT_EVT = "procexit"
 EVT_TYPES: tuple[str, ...] = (*FILE_EVT_TYPES, EXEC_EVT, EXIT_EVT)
 
 
+# Falco's rules name the syscalls; podlock reports one event type per operation.
+EVT_TYPE_ALIASES: Mapping[str, str] = {
+    "openat": "open", "openat2": "open", "creat": "open",
+    "renameat": "rename", "renameat2": "rename",
+    "unlinkat": "unlink",
+    "mkdirat": "mkdir",
+    "linkat": "link",
+    "symlinkat": "symlink",
+    "fchmod": "chmod", "fchmodat": "chmod", "fchmodat2": "chmod",
+    "execveat": "execve",
+}  # fmt: skip
+
+
 class FieldEnv(Protocol):
     """State outside the event that some fields read; the engine implements it."""
 
@@ -73,6 +86,7 @@ class FieldDef:
     desc: str
     bind: Binder | None  # None: output-only, filled by the engine
     arg: ArgMode = ArgMode.NONE
+    aliases: Mapping[str, str] | None = None  # values rewritten at load (Falco's names)
 
     @property
     def output_only(self) -> bool:
@@ -189,7 +203,10 @@ _FILES = FILE_EVT_TYPES
 _DEFS: tuple[FieldDef, ...] = (
     # evt.*
     FieldDef("evt.type", _S, "event type: open rename unlink mkdir link symlink chmod execve "
-             "procexit", lambda t, _a, _e: Fixed(t)),
+             "procexit (Falco's syscall names such as openat are accepted as aliases)",
+             lambda t, _a, _e: Fixed(t), aliases=EVT_TYPE_ALIASES),
+    FieldDef("evt.dir", _S, "`<`: every event is reported at syscall exit",
+             lambda _t, _a, _e: Fixed("<")),
     FieldDef("evt.num", _I, "event number, from 1 (so `evt.num = 0` is never true)",
              _with_env(lambda env: _event_number(env))),
     FieldDef("evt.time", _S, "event time, HH:MM:SS.nnnnnnnnn UTC",

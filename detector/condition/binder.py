@@ -124,7 +124,7 @@ class _Binder:
     def _typed(self, fdef: FieldDef, value: Value) -> Scalar:
         text = value.text
         if fdef.type is FieldType.STRING:
-            return text
+            return fdef.aliases.get(text, text) if fdef.aliases else text
         if fdef.type is FieldType.INT:
             try:
                 return int(text, 0) if text[:2].lower() in ("0x", "0o") else int(text)

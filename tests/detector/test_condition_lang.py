@@ -119,6 +119,8 @@ EXEC_APP = exec_(APP, ExecOrigin.UPPER)
 EVAL = [
     ("evt.type = open", OPEN, True),
     ("evt.type in (rename, open)", OPEN, True),
+    ("evt.type in (openat, openat2) and evt.dir = <", OPEN, True),  # Falco's syscall names
+    ("evt.type = execveat", EXEC_APP, True),
     ("evt.type != open", OPEN, False),
     ("proc.name = sh", OPEN, True),
     ("proc.name == sh", OPEN, True),
