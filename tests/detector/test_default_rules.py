@@ -253,3 +253,36 @@ def test_rule_index_by_event_type() -> None:
 
 def test_session_enum_used_by_kit_is_exec() -> None:
     assert exec_proc(1).session is Session.EXEC
+
+
+# --- tuning through the hooks, without editing the default file --------------------------
+
+LOCAL = """\
+- list: known_rootfs_writer_binaries
+  items: [nginx]
+  override: {items: append}
+
+- macro: user_known_exec_session_activities
+  condition: (k8s.ns.name = shop and proc.name = pg_dump)
+  override: {condition: replace}
+
+- rule: Container process wrote to its root filesystem
+  enabled: false
+"""
+
+
+def test_hooks_extend_the_defaults_from_a_local_file() -> None:
+    from detector.config import default_rules_path
+    from detector.rules import load_rules
+    from detector.synthetic import engine as make_engine
+
+    with open(default_rules_path(), encoding="utf-8") as handle:
+        rules = load_rules([("default_rules.yaml", handle.read()), ("local.yaml", LOCAL)])
+    eng = make_engine(rules)
+    nginx = proc(200, comm="nginx")
+    dump = exec_proc(800, comm="pg_dump")
+    other = exec_proc(801, comm="vi", tty=34816)
+    assert run([write(nginx, "/etc/x", result=EROFS)], eng) == []  # known writer
+    assert run([write(proc(201, comm="java"), "/etc/x")], eng) == []  # rule disabled
+    assert run([write(dump, "/etc/x")], eng) == []  # known exec activity
+    assert names(run([write(other, "/etc/x")], eng)) == [EXEC_ROOTFS]
