@@ -123,6 +123,18 @@ CASES: list[tuple[str, str, str | None]] = [
         None,
     ),
     (
+        "JSON with CRLF line endings and no trailing newline",
+        '{\r\n  "apiVersion": "v1",\r\n  "kind": "Pod",\r\n  "metadata": {"name": "p"},\r\n'
+        '  "spec": {\r\n    "containers": [\r\n      {"name": "app", "image": "busybox"}\r\n'
+        "    ]\r\n  }\r\n}",
+        '{\r\n  "apiVersion": "v1",\r\n  "kind": "Pod",\r\n  "metadata": {"name": "p"},\r\n'
+        '  "spec": {\r\n    "containers": [\r\n      {"name": "app", "image": "busybox", '
+        '"securityContext": {"readOnlyRootFilesystem": true}, "volumeMounts": [{"name": '
+        '"podlock-app-tmp", "mountPath": "/tmp"}]}\r\n    ],\r\n    "volumes": [\r\n'
+        '      {\r\n        "name": "podlock-app-tmp",\r\n        "emptyDir": {}\r\n'
+        "      }\r\n    ]\r\n  }\r\n}",
+    ),
+    (
         "YAML in JSON style (quoted keys, flow collections)",
         '{"apiVersion": "v1", "kind": "Pod",\n "metadata": {"name": "p"},\n "spec": {\n'
         '  "containers": [{"name": "app", "image": "busybox"}]}}\n',
