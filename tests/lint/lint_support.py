@@ -65,16 +65,13 @@ def expected_after_fix(source: Source, settings: Settings) -> list[object]:
     return values
 
 
-def hardened_containers(source: Source, settings: Settings) -> set[tuple[int, str, str]]:
-    """(document, pod spec path, container) that the plan makes read-only."""
+def hardened_containers(source: Source, settings: Settings) -> set[tuple[int, str, str, int]]:
+    """(document, pod spec path, container group, index) that the plan makes read-only."""
     found = set()
     for index, _, ref in judged_refs(source, settings):
         for op in plan(ref, settings):
-            last = op.path[-1]
-            if last in ("securityContext", "readOnlyRootFilesystem"):
-                group, position = op.path[0], op.path[1]
-                container = ref.spec[str(group)][int(position)]
-                found.add((index, str(ref.path), str(container.get("name"))))
+            if op.path[-1] in ("securityContext", "readOnlyRootFilesystem"):
+                found.add((index, str(ref.path), str(op.path[0]), int(op.path[1])))
     return found
 
 
@@ -106,4 +103,5 @@ def check_fix_invariants(
     for index, _, ref in judged_refs(fixed, settings):
         for violation in evaluate(ref.spec, settings, "lint"):
             if violation.rule == WRITABLE_ROOT:
-                assert (index, str(ref.path), violation.container) not in hardened, violation
+                group, position = str(violation.path[0]), int(violation.path[1])
+                assert (index, str(ref.path), group, position) not in hardened, violation
