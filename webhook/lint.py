@@ -4,13 +4,18 @@ files -> documents (manifests) -> pod specs (podspecs) -> violations (policy) ->
 `--fix` writes the hardening plan (hardening, the same plan the mutating webhook patches
 with) into the files' text (fixer); `--diff` shows that change and writes nothing.
 
-Exit codes (an error outranks findings):
+Exit codes describe the files as they are on disk when the command ends; an error outranks
+findings:
     0  no findings
-    1  findings (after --fix: findings the fix could not remove)
-    2  usage, policy-file or input errors: an unreadable or unparsable file (the other files
-       are still linted and reported), or a fix that could not be written safely
-Output: the report goes to stdout, except that with --diff stdout carries the unified diff,
-and with --fix on stdin (`-`) it carries the fixed stream; the report then goes to stderr.
+    1  findings (after --fix: what the fix could not remove; with --diff: findings, or a fix
+       still to apply)
+    2  usage, policy-file or input errors: an unreadable or unparsable file, a workload
+       without apiVersion, a fix that could not be written safely (all other files are still
+       linted and reported)
+Streams: the report goes to stdout, except that with --diff stdout carries the unified diff
+and with --fix on stdin (`-`) the fixed stream; the report then goes to stderr. Stdin is
+reported as `<stdin>` (`stdin` in SARIF).
+Objects whose metadata.namespace is exempt in the policy are not judged (as at admission).
 """
 
 from __future__ import annotations
@@ -275,7 +280,11 @@ def process_all(names: Sequence[str], settings: Settings, mode: Mode) -> list[Fi
 
     global _WORKER_ARGS
     _WORKER_ARGS = (settings, mode)  # inherited by the forked workers, never pickled
-    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+    try:
+        pool = multiprocessing.get_context("fork").Pool(jobs)
+    except OSError:  # no /dev/shm for the pool's semaphores (some sandboxes): one process
+        return [process(name, settings, mode) for name in names]
+    with pool:
         return pool.map(_process_in_worker, names, chunksize=max(1, len(names) // (jobs * 8)))
 
 
