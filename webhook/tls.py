@@ -46,6 +46,7 @@ class TLSError(Exception):
 @dataclass(frozen=True)
 class LoadedPair:
     context: ssl.SSLContext
+    not_before: datetime
     not_after: datetime
     sha256: str  # fingerprint of the leaf certificate (DER), hex
     stamp: FileStamp
@@ -115,10 +116,15 @@ def load_pair(cert_path: str, key_path: str) -> LoadedPair:
     context = server_context(cert_pem, key_pem, source=f"{cert_path} with {key_path}")
     return LoadedPair(
         context=context,
+        not_before=leaf.not_valid_before_utc,
         not_after=leaf.not_valid_after_utc,
         sha256=leaf.fingerprint(hashes.SHA256()).hex(),
         stamp=stamp,
     )
+
+
+def _valid_at(pair: LoadedPair, now: datetime) -> bool:
+    return pair.not_before <= now < pair.not_after
 
 
 class ReloadingContext:
@@ -177,6 +183,12 @@ class ReloadingContext:
             pair = load_pair(self.cert_path, self.key_path)
         except TLSError as e:
             self._failed(stamp, str(e))
+            return
+        now = datetime.now(UTC)
+        if _valid_at(self._pair, now) and not _valid_at(pair, now):
+            # Never trade a working certificate for one that clients will refuse right now.
+            window = f"{pair.not_before.isoformat()} to {pair.not_after.isoformat()}"
+            self._failed(stamp, f"{self.cert_path}: the new certificate is valid only {window}")
             return
         self._pair = pair  # the atomic swap: new handshakes use the new context
         self._failed_on = None

@@ -11,6 +11,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives import hashes
 from http_support import Launcher, make_bundle
 
 from certs.cli import write_bundle
-from certs.pki import Bundle
+from certs.pki import Bundle, generate_bundle
 from webhook.tls import ReloadingContext, TLSError
 
 
@@ -75,6 +76,8 @@ class SecretDir:
         ("garbage-cert", 0, "failure"),
         ("empty-key", 0, "failure"),
         ("unchanged", 0, None),
+        ("expired-new", 0, "failure"),  # a valid pair, but clients would refuse it
+        ("future-new", 0, "failure"),
     ],
 )
 def test_reload_rules(
@@ -97,6 +100,10 @@ def test_reload_rules(
         secret.publish(b"-----BEGIN CERTIFICATE-----\nAAAA\n", new.tls_key)
     elif state == "empty-key":
         secret.publish(new.tls_cert, b"")
+    elif state in ("expired-new", "future-new"):
+        shift = timedelta(days=-400 if state == "expired-new" else 2)
+        dated = generate_bundle("podlock", "ns", now=datetime.now(UTC) + shift)
+        secret.publish(dated.tls_cert, dated.tls_key)
     for _ in range(3):  # repeated checks of one broken state report it once
         ctx = tls.context()
     assert tls.pair.sha256 == _fingerprint(bundles[served].tls_cert)
