@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -276,6 +277,14 @@ def main() -> int:
         return 0
     argparse.ArgumentParser(description=__doc__).parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="podlock-bench-"))
+    try:
+        return _bench(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _bench(tmp: Path) -> int:
+    load_start = os.getloadavg()
     mutate_body, validate_body = _prepare(tmp)
     lua = tmp / "post.lua"
     lua.write_text(LUA)
@@ -326,7 +335,9 @@ def main() -> int:
         finally:
             servers.stop()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(_report(results, [t[0] for t in targets], time.monotonic() - started))
+    load = f"{load_start[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end"
+    report = _report(results, [t[0] for t in targets], time.monotonic() - started, load)
+    RESULTS.write_text(report)
     print(f"wrote {RESULTS}")
     return 0
 
@@ -336,7 +347,7 @@ def _median(samples: list[Sample], attr: str) -> float:
 
 
 def _report(
-    results: dict[tuple[str, str, int], list[Sample]], names: list[str], elapsed: float
+    results: dict[tuple[str, str, int], list[Sample]], names: list[str], elapsed: float, load: str
 ) -> str:
     lines = [
         "## Webhook: podlock serve vs a canned-response Flask/gunicorn app",
@@ -346,7 +357,10 @@ def _report(
         f"TLS on loopback; {WORKERS} gthread workers x 4 threads on both servers; body "
         f"{EXAMPLE.stat().st_size} B Pod CREATE review (/validate gets it after podlock's patch)",
         "- pinned: servers on CPU 0, wrk on CPU 1 (taskset); unpinned: all share the 2 cores",
-        f"- total bench time {elapsed / 60:.1f} min",
+        f"- total bench time {elapsed / 60:.1f} min; 1-min load average {load} (shared "
+        "machine: compare podlock with the canned app of the same run, not across runs)",
+        "- server CPU µs/req: CPU time of all the server's processes during the run divided by "
+        "the requests answered; the least noise-sensitive column",
         "",
     ]
     checks: list[str] = []
