@@ -289,7 +289,7 @@ def main() -> int:
             "",
             f"Machine: {machine()}. {RUNS} interleaved runs per arm; medians with 95% bootstrap",
             'intervals. "on" = fresh probes attached and drained by the agent\'s pipeline',
-            "(default rules, stdout output to /dev/null-equivalent sink as configured).",
+            "(default rules and outputs: rate-limited text alerts on stdout).",
             "",
             "| workload | off (median, CI) | on (median, CI) | added time (CI) | target |",
             "|---|---|---|---|---|",
