@@ -3,6 +3,7 @@ process on a random loopback port."""
 
 from __future__ import annotations
 
+import ctypes
 import http.client
 import os
 import re
@@ -25,6 +26,7 @@ from certs.pki import Bundle, generate_bundle
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "admission-review-pod.json"
 HOSTS = ("127.0.0.1", "localhost")
+PR_SET_PDEATHSIG = 1
 
 
 def make_bundle() -> Bundle:
@@ -102,6 +104,12 @@ class Server:
         return self.proc.wait(timeout)
 
 
+def _die_with_parent() -> None:
+    # If pytest is killed, its servers go too (they would hold their ports and CPU otherwise).
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def start_server(
     tmp: Path,
     cert: Path,
@@ -120,7 +128,14 @@ def start_server(
     cmd = [sys.executable, "-m", "webhook.cli", "serve", "--bind", "127.0.0.1:0"]
     cmd += ["--cert", str(cert), "--key", str(key), "--workers", str(workers), *extra_args]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+            preexec_fn=_die_with_parent,
+        )
     deadline = time.monotonic() + 30
     port = 0
     while time.monotonic() < deadline:
