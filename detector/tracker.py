@@ -51,13 +51,19 @@ class Tracker:
     # per cgroup: a pid whose mount table stands for the container's
     mount_pids: dict[int, list[int]] = field(default_factory=dict)
     mounts: dict[int, list[str]] = field(default_factory=dict)
+    # pid -> (the header fields it was built from, the Process): a storm of file events
+    # from one process builds its Process once. Dropped when what it reads changes
+    # (the process's exec/exit, container records).
+    _proc_cache: dict[int, tuple[tuple[object, ...], Process]] = field(default_factory=dict)
 
     # ---- seeding ---------------------------------------------------------
     def add_container(self, cgroup_id: int, ref: ContainerRef | None) -> None:
         self.containers[cgroup_id] = ref
+        self._proc_cache.clear()
 
     def add_process(self, pid: int, cgroup_id: int, info: ProcInfo) -> None:
         self.procs[pid] = info
+        self._proc_cache.pop(pid, None)
         self._remember_pid(cgroup_id, pid)
 
     # ---- records -----------------------------------------------------------
@@ -69,10 +75,14 @@ class Tracker:
 
     def handle(self, raw: Raw) -> Event | None:
         """The event for one record; None for bookkeeping records (cgroups)."""
+        if isinstance(raw, RawFile):  # the common case first
+            return self._file(raw, raw.hdr.time_ns + self.boot_to_wall_ns)
         if isinstance(raw, RawCgroup):
             self.containers[raw.hdr.cgroup_id] = parse_cgroup_path(raw.path)
+            self._proc_cache.clear()
             return None
         time_ns = raw.hdr.time_ns + self.boot_to_wall_ns
+        self._proc_cache.pop(raw.hdr.pid, None)
         if isinstance(raw, RawExec):
             info = ProcInfo(exepath=raw.exepath, cmdline=raw.argv)
             self.procs[raw.hdr.pid] = info
@@ -84,8 +94,9 @@ class Tracker:
             pids = self.mount_pids.get(raw.hdr.cgroup_id)
             if pids and raw.hdr.pid in pids and len(pids) > 1:
                 pids.remove(raw.hdr.pid)
+            self._proc_cache.pop(raw.hdr.pid, None)
             return event
-        return self._file(raw, time_ns)
+        return None
 
     def _file(self, raw: RawFile, time_ns: int) -> FileEvent:
         path = normalise(raw.path)
@@ -107,6 +118,15 @@ class Tracker:
         )
 
     def _process(self, hdr: RawHeader) -> Process:
+        key = hdr[1:]  # everything but the time
+        cached = self._proc_cache.get(hdr.pid)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        proc = self._build_process(hdr)
+        self._proc_cache[hdr.pid] = (key, proc)
+        return proc
+
+    def _build_process(self, hdr: RawHeader) -> Process:
         info = self.procs.get(hdr.pid)
         ref = self.container_of(hdr.cgroup_id)
         session = hdr.session or Session.CONTAINER
@@ -149,6 +169,8 @@ def normalise(path: str) -> str:
     """An absolute path with `.`, `..` and doubled slashes folded."""
     if not path.startswith("/"):
         return path
+    if "/." not in path and "//" not in path and not path.endswith("/"):
+        return path  # already folded: the common case, without normpath's cost
     folded = posixpath.normpath(path)
     return "/" + folded.lstrip("/")
 
