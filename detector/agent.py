@@ -29,6 +29,7 @@ from detector.loader import Loader, LoaderError
 from detector.tracker import Tracker
 
 if TYPE_CHECKING:
+    from detector.alerts import Alert
     from detector.engine import Engine
     from detector.outputs import Outputs
 
@@ -72,7 +73,10 @@ def seed(loader: Loader, tracker: Tracker, host_mnt_ns: int) -> int:
 
 class Pipeline:
     """records -> events -> alerts -> outputs, one poll at a time (the agent's loop body;
-    the benchmark drives it too)."""
+    the benchmark drives it too). Alerts are written in batches of up to BATCH, at the
+    latest when the poll's records are done: one write per batch, not per alert."""
+
+    BATCH = 256
 
     def __init__(
         self,
@@ -87,42 +91,51 @@ class Pipeline:
         self.lost_seen = 0
         self.bad_records = 0
         self.processed = 0
+        self._pending: list[Alert] = []
 
     def deliver(self, event: Event, now: int) -> None:
         if self.events_log is not None:
             self.events_log.write(event_json(event) + "\n")
             self.events_log.flush()
-        for alert in self.engine.process(event, now):
-            self.outputs.emit(alert)
+        alerts = self.engine.process(event, now)
+        if alerts:
+            self._pending += alerts
+            if len(self._pending) >= self.BATCH:
+                self._write()
+
+    def _write(self) -> None:
+        pending, self._pending = self._pending, []
+        self.outputs.emit_many(pending)
 
     def step(self, timeout_ms: int) -> int:
         """Poll once and handle what came; returns the wall-clock time it used."""
         records = self.loader.poll(timeout_ms)
         now = time.time_ns()
+        handle = self.tracker.handle
         for record in records:
             try:
                 raw = decode(record)
             except DecodeError:
                 self.bad_records += 1
                 continue
-            event = self.tracker.handle(raw)
-            if (
+            event = handle(raw)
+            if event is not None:
+                self.deliver(event, now)
+                self.processed += 1
+            elif (
                 isinstance(raw, RawCgroup)
                 and self.tracker.containers.get(raw.hdr.cgroup_id) is None
             ):
                 self.loader.forget_container(raw.hdr.cgroup_id)  # the kernel guessed wrong
-            if event is not None:
-                self.deliver(event, now)
-                self.processed += 1
         lost = self.loader.drops() + self.bad_records
         if lost > self.lost_seen:
             self.deliver(LostEvents(time_ns=now, count=lost - self.lost_seen), now)
             self.lost_seen = lost
+        self._write()
         return now
 
     def flush(self, now: int) -> None:
-        for alert in self.engine.flush(now):
-            self.outputs.emit(alert)
+        self.outputs.emit_many(self.engine.flush(now))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+import orjson
 
 FieldValue = str | int | None
 
@@ -75,19 +78,34 @@ class Alert:
 
     def to_json(self) -> str:
         """One line of JSON, no trailing newline."""
-        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+        return self.to_json_bytes().decode()
+
+    def to_json_bytes(self) -> bytes:
+        """One line of UTF-8 JSON, no trailing newline (orjson: ~10x json's speed)."""
+        body = self.to_dict()
+        try:
+            return orjson.dumps(body)
+        except orjson.JSONEncodeError:
+            # a path that is not UTF-8 (kept as surrogate escapes) cannot be encoded raw
+            return json.dumps(body, separators=(",", ":")).encode()
+
+
+# Alerts come in bursts within the same second: format each second once.
+@functools.lru_cache(maxsize=4)
+def _utc_second(secs: int, fmt: str) -> str:
+    return time.strftime(fmt, time.gmtime(secs))
 
 
 def rfc3339_nanos(time_ns: int) -> str:
     """`2026-11-27T00:19:49.123456789Z`: RFC 3339 in UTC with nanoseconds, as Falco writes."""
     secs, nanos = divmod(time_ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{nanos:09d}Z"
+    return f"{_utc_second(secs, '%Y-%m-%dT%H:%M:%S')}.{nanos:09d}Z"
 
 
 def clock_time(time_ns: int) -> str:
     """`HH:MM:SS.nnnnnnnnn` in UTC, the prefix of Falco's text output."""
     secs, nanos = divmod(time_ns, 1_000_000_000)
-    return time.strftime("%H:%M:%S", time.gmtime(secs)) + f".{nanos:09d}"
+    return f"{_utc_second(secs, '%H:%M:%S')}.{nanos:09d}"
 
 
 def format_value(value: FieldValue) -> str:

@@ -24,6 +24,12 @@ class Outputs:
         for sink in self.sinks:
             sink.emit(alert)
 
+    def emit_many(self, alerts: list[Alert]) -> None:
+        """A batch of alerts (what one poll produced): one write per sink, not per alert."""
+        if alerts:
+            for sink in self.sinks:
+                sink.emit_many(alerts)
+
     def close(self) -> None:
         for sink in self.sinks:
             sink.close()

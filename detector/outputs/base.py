@@ -31,6 +31,9 @@ class Sink(Protocol):
     def emit(self, alert: Alert) -> None:
         """Deliver one alert; never raises (failures are counted and logged once)."""
 
+    def emit_many(self, alerts: list[Alert]) -> None:
+        """Deliver a batch in order, written out together (one write for a file or pipe)."""
+
     def close(self) -> None: ...
 
 

@@ -35,7 +35,11 @@ class FileSink:
         return self._failures.count
 
     def emit(self, alert: Alert) -> None:
-        line = self._fmt(alert) + "\n"
+        self.emit_many([alert])
+
+    def emit_many(self, alerts: list[Alert]) -> None:
+        fmt = self._fmt
+        line = "".join([fmt(a) + "\n" for a in alerts])
         try:
             if self._handle is not None:
                 self._handle.write(line)
@@ -43,7 +47,8 @@ class FileSink:
                 with open(self._path, "a", encoding="utf-8") as handle:
                     handle.write(line)
         except OSError as err:
-            self._failures.record(f"{self._path}: {err.strerror}")
+            for _ in alerts:
+                self._failures.record(f"{self._path}: {err.strerror}")
 
     def close(self) -> None:
         if self._handle is not None:

@@ -39,6 +39,10 @@ class HttpSink:
         except queue.Full:
             self._failures.record(f"{_QUEUE_SIZE} alerts waiting; dropping")
 
+    def emit_many(self, alerts: list[Alert]) -> None:
+        for alert in alerts:  # one POST per alert, as Falco's http_output does
+            self.emit(alert)
+
     def _run(self) -> None:
         while True:
             item = self._queue.get()

@@ -60,13 +60,25 @@ class ProgramSink:
             except (OSError, subprocess.SubprocessError) as err:
                 self._failures.record(str(err))
             return
+        self._write([line])
+
+    def emit_many(self, alerts: list[Alert]) -> None:
+        if not self._keep_alive:
+            for alert in alerts:  # a program run per alert, as Falco does
+                self.emit(alert)
+            return
+        fmt = self._fmt
+        self._write([fmt(a) + "\n" for a in alerts])
+
+    def _write(self, lines: list[str]) -> None:
         try:
             proc = self._running()
             assert proc.stdin is not None
-            proc.stdin.write(line)
+            proc.stdin.write("".join(lines))
             proc.stdin.flush()
         except (OSError, ValueError) as err:  # the program exited: restart on the next alert
-            self._failures.record(str(err))
+            for _ in lines:
+                self._failures.record(str(err))
             self._reap()
 
     def _reap(self) -> None:

@@ -23,11 +23,16 @@ class StdoutSink:
         return self._failures.count
 
     def emit(self, alert: Alert) -> None:
+        self.emit_many([alert])
+
+    def emit_many(self, alerts: list[Alert]) -> None:
+        fmt = self._fmt
         try:
-            self._stream.write(self._fmt(alert) + "\n")
+            self._stream.write("".join([fmt(a) + "\n" for a in alerts]))
             self._stream.flush()
         except (OSError, ValueError) as err:  # closed pipe or stream
-            self._failures.record(str(err))
+            for _ in alerts:
+                self._failures.record(str(err))
 
     def close(self) -> None:
         with contextlib.suppress(OSError, ValueError):
