@@ -707,7 +707,7 @@ static __noinline int file_event(struct pt_regs *regs, long nr, long ret,
 SEC("tp_btf/sys_exit")
 int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 {
-	long nr = BPF_CORE_READ(regs, orig_ax);
+	long nr = regs->orig_ax; /* a direct BTF load: no helper call on every syscall */
 	__u32 tgid;
 	struct podlock_label *lbl;
 
@@ -722,11 +722,11 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 	default:
 		return 0;
 	}
+	if (ret < 0 && ret != -EROFS && ret != -EACCES)
+		return 0; /* other failures changed nothing and refused nothing */
 	tgid = bpf_get_current_pid_tgid() >> 32;
 	lbl = bpf_map_lookup_elem(&procs, &tgid);
 	if (!lbl)
 		return 0; /* the host */
-	if (ret < 0 && ret != -EROFS && ret != -EACCES)
-		return 0; /* other failures changed nothing and refused nothing */
 	return file_event(regs, nr, ret, lbl);
 }
