@@ -152,14 +152,20 @@ def run(args: argparse.Namespace) -> int:
     from detector.k8s import metadata_from_env
     from detector.outputs import build_outputs
 
+    try:  # opens the output file: an unwritable path is a configuration error
+        outputs = build_outputs(settings, json_stdout=args.json)
+    except ConfigError as exc:
+        return _fail(str(exc))
     host_mnt_ns = procscan.host_mnt_ns()
     try:
         loader = Loader(host_mnt_ns)
     except LibbpfUnavailable as exc:
+        outputs.close()
         return _fail(f"{exc}; install libbpf1.")
     try:
         loader.start()
     except LoaderError as exc:
+        outputs.close()
         return _fail(str(exc))
 
     stopping: list[int] = []
@@ -169,7 +175,6 @@ def run(args: argparse.Namespace) -> int:
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     metadata = metadata_from_env()
-    outputs = build_outputs(settings, json_stdout=args.json)
     pidfile: str | None = args.pidfile
     events_log: TextIO | None = None
     try:

@@ -209,3 +209,24 @@ def test_build_outputs_from_settings(tmp_path: Path, receiver: tuple[str, type[_
     assert outputs.failures() == {"file": 0, "program": 0, "http": 0}
     default = build_outputs(base, json_stdout=False)
     assert [s.name for s in default.sinks] == ["stdout"]
+
+
+@pytest.mark.parametrize("keep_alive", [True, False])
+def test_file_batch_is_written_in_order(tmp_path: Path, keep_alive: bool) -> None:
+    path = tmp_path / "alerts.log"
+    sink = FileSink(str(path), keep_alive, json_line)
+    sink.emit_many([alert(n) for n in range(5)])
+    # the batch is on disk when emit_many returns, before close
+    names = [json.loads(x)["output_fields"]["fd.name"] for x in path.read_text().splitlines()]
+    assert names == [f"/etc/{n}" for n in range(5)]
+    sink.close()
+
+
+def test_stdout_batch_and_closed_stream() -> None:
+    buf = io.StringIO()
+    StdoutSink(text_line, buf).emit_many([alert(1), alert(2)])
+    assert [line.rsplit(" ", 1)[1] for line in buf.getvalue().splitlines()] == ["n=1", "n=2"]
+    buf.close()
+    sink = StdoutSink(text_line, buf)
+    sink.emit_many([alert(1), alert(2)])
+    assert sink.failures == 2

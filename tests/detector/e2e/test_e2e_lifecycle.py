@@ -89,3 +89,21 @@ def test_failures_are_one_sentence(
     assert len(lines) == 1 and expected in lines[0], result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "pid").exists()
+
+
+def test_unopenable_output_file_is_one_sentence(tmp_path: Path) -> None:
+    config = tmp_path / "detector.yaml"
+    config.write_text(f"file_output: {{enabled: true, filename: {tmp_path}/nodir/alerts.log}}\n")
+    result = subprocess.run(
+        [*PODLOCK, "detect", "--config", str(config), "--pidfile", str(tmp_path / "pid")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"file_output.filename: cannot open {tmp_path}/nodir/alerts.log" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "pid").exists()
