@@ -28,7 +28,15 @@ from detector.events import (
     Process,
     Session,
 )
-from detector.fields import EVT_TYPES, EXEC_EVT, EXIT_EVT, FIELDS, Extract, Fixed
+from detector.fields import (
+    EVT_TYPES,
+    EXEC_EVT,
+    EXIT_EVT,
+    FIELDS,
+    PER_PROCESS_FIELDS,
+    Extract,
+    Fixed,
+)
 from detector.k8s import ContainerMeta, MetadataSource
 from detector.ratelimit import RateLimiter
 from detector.rules import Rule, RuleSet
@@ -38,6 +46,7 @@ DROP_RULE = "podlock internal: events lost"
 DROP_PRIORITY = Priority.WARNING
 _CHECK_EVERY_NS = 100_000_000
 _DROP_GRACE_NS = 1_000_000_000
+_PLAIN = frozenset({str, int})  # values %s prints as format_value would
 _DISTINCT_CAP = 65536  # distinct values an aggregate group remembers for its count
 
 
@@ -51,8 +60,17 @@ class _Compiled:
     dynamic_keys: tuple[str, ...]
     dynamic_getters: tuple[Extract, ...]
     parts: tuple[tuple[bool, str], ...]  # (is a field key, text)
+    # the output as a %-template over the values of out_keys (one C-level format per alert)
+    template: str = ""
+    out_keys: tuple[str, ...] = ()
     collect: Extract | Fixed | None = None
     union: tuple[tuple[str, Extract | Fixed], ...] = ()
+    # output fields that depend on the process only, and their values per process
+    proc_keys: tuple[str, ...] = ()
+    proc_getters: tuple[Extract, ...] = ()
+    memo: dict[int, tuple[Process, int, ContainerMeta | None, dict[str, FieldValue]]] = field(
+        default_factory=dict
+    )
 
 
 @dataclass(slots=True)
@@ -97,6 +115,7 @@ class Engine:
         self._sessions = SessionTable()
         self._procs = ProcessTable()
         self._num = 0
+        self._state = 0  # bumped when sessions or parents change (exec, exit)
         self._meta_cid, self._meta_num = "", -1  # see meta()
         self._meta: ContainerMeta | None = None
         self._drops = 0
@@ -150,6 +169,7 @@ class Engine:
                 continue
             fixed: dict[str, FieldValue] = {}
             dynamic: list[tuple[str, Extract]] = []
+            per_proc: list[tuple[str, Extract]] = []
             for key, name, arg in rule.output_refs:
                 fdef = FIELDS[name]
                 if fdef.output_only:
@@ -158,6 +178,8 @@ class Engine:
                 get = extractor(fdef, arg, evt_type, self)
                 if isinstance(get, Fixed):
                     fixed[key] = get.value
+                elif name in PER_PROCESS_FIELDS:
+                    per_proc.append((key, get))
                 else:
                     dynamic.append((key, get))
             parts = tuple(
@@ -173,6 +195,10 @@ class Engine:
                 tuple(k for k, _ in dynamic),
                 tuple(g for _, g in dynamic),
                 parts,
+                template="".join("%s" if f else t.replace("%", "%%") for f, t in parts),
+                out_keys=tuple(t for f, t in parts if f),
+                proc_keys=tuple(k for k, _ in per_proc),
+                proc_getters=tuple(g for _, g in per_proc),
             )
             agg = rule.aggregate
             if agg is not None:
@@ -232,8 +258,10 @@ class Engine:
             proc = event.proc  # type: ignore[union-attr]
             self._procs.remember(proc)
             self._sessions.leader_exec(proc)
+            self._state += 1
             rules = self._exec_rules
         elif cls is ExitEvent:
+            self._state += 1
             rules = self._exit_rules
         elif cls is LostEvents:
             if not self._drops:
@@ -279,6 +307,19 @@ class Engine:
 
     def _extract(self, c: _Compiled, event: Any) -> dict[str, FieldValue]:
         fields = c.fixed.copy()
+        if c.proc_getters:
+            proc = event.proc
+            meta = self.meta(proc.container_id)
+            # keyed by identity: the tracker hands out one Process value per process
+            hit = c.memo.get(id(proc))
+            if hit is not None and hit[0] is proc and hit[1] == self._state and hit[2] is meta:
+                fields.update(hit[3])
+            else:
+                values = dict(zip(c.proc_keys, [get(event) for get in c.proc_getters], strict=True))
+                if len(c.memo) >= 1024:
+                    c.memo.clear()
+                c.memo[id(proc)] = (proc, self._state, meta, values)
+                fields.update(values)
         fields.update(zip(c.dynamic_keys, [get(event) for get in c.dynamic_getters], strict=True))
         return fields
 
@@ -299,11 +340,9 @@ class Engine:
         fields["podlock.suppressed"] = held
         fields["podlock.drops"] = self._drops
         self._drops = 0
-        output = "".join(
-            [
-                (v if (v := fields[t]).__class__ is str else format_value(v)) if f else t
-                for f, t in c.parts
-            ]
+        get = fields.__getitem__
+        output = c.template % tuple(
+            [v if (v := get(k)).__class__ in _PLAIN else format_value(v) for k in c.out_keys]
         )
         rule = c.rule
         self.alerts += 1

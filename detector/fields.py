@@ -319,6 +319,16 @@ def _parent_cmdline(env: FieldEnv) -> Extract:
 
 FIELDS: Mapping[str, FieldDef] = {f.name: f for f in _DEFS}
 
+# Fields whose value depends only on the event's process (`ev.proc`) and on state the
+# engine changes at exec/exit (sessions, parents) or the container's metadata: the engine
+# computes them once per process for an alert storm, not once per event.
+PER_PROCESS_FIELDS: frozenset[str] = frozenset(
+    name
+    for name in FIELDS
+    if name.startswith(("proc.", "user.", "container.", "k8s.", "podlock.session"))
+    and not name.startswith("proc.is_exe_")  # from the exec event's origin
+) | {"podlock.probe", "podlock.cgroup_id"}
+
 # Always in an alert's output_fields (Falco names where one exists), beside the
 # fields its output template names.
 BASELINE_OUTPUT_FIELDS: tuple[str, ...] = (
