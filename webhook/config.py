@@ -5,6 +5,7 @@ A bad file is refused with one sentence naming the file, the key and what is wro
 
 from __future__ import annotations
 
+import functools
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -228,6 +229,7 @@ class _Reader:
         return tuple(normalize_path(item) for item in items)
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_path(path: str) -> str:
     """`/var/run/` and `/var//run` are `/var/run`; `/` stays `/`."""
     normal = posixpath.normpath(path)

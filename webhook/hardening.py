@@ -259,12 +259,10 @@ def _forbidden(path: str, forbidden: Iterable[str]) -> bool:
     return any(path == f or (f != "/" and _covers(f, path)) or _covers(path, f) for f in forbidden)
 
 
+@functools.lru_cache(maxsize=4096)
 def pointer(path: Path) -> str:
-    """RFC 6901 JSON Pointer for a path."""
-    text = "/".join(map(str, path))
-    if "~" in text or text.count("/") != len(path) - 1:  # some key needs escaping
-        return "".join("/" + str(step).replace("~", "~0").replace("/", "~1") for step in path)
-    return "/" + text
+    """RFC 6901 JSON Pointer for a path (cached: plans repeat the same few shapes)."""
+    return "".join("/" + str(step).replace("~", "~0").replace("/", "~1") for step in path)
 
 
 def to_json_patch(ops: Iterable[Add], prefix: Path) -> list[dict[str, Any]]:
