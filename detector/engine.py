@@ -68,9 +68,20 @@ class _Compiled:
     # output fields that depend on the process only, and their values per process
     proc_keys: tuple[str, ...] = ()
     proc_getters: tuple[Extract, ...] = ()
-    memo: dict[int, tuple[Process, int, ContainerMeta | None, dict[str, FieldValue]]] = field(
-        default_factory=dict
-    )
+    memo: dict[int, _ProcMemo] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _ProcMemo:
+    """One rule's per-process output fields for one process, and its output template with
+    those already filled in (valid while the engine state and the metadata are the same)."""
+
+    proc: Process
+    state: int
+    meta: ContainerMeta | None
+    values: dict[str, FieldValue]
+    template: str  # the rest of the fields as %s
+    keys: tuple[str, ...]  # ... these
 
 
 @dataclass(slots=True)
@@ -305,21 +316,40 @@ class Engine:
 
     # --- alerts ---------------------------------------------------------------------------
 
-    def _extract(self, c: _Compiled, event: Any) -> dict[str, FieldValue]:
+    def _proc_memo(self, c: _Compiled, event: Any) -> _ProcMemo | None:
+        if not c.proc_getters:
+            return None
+        proc = event.proc
+        meta = self.meta(proc.container_id)
+        # keyed by identity: the tracker hands out one Process value per process
+        hit = c.memo.get(id(proc))
+        if hit is not None and hit.proc is proc and hit.state == self._state and hit.meta is meta:
+            return hit
+        values = dict(zip(c.proc_keys, [get(event) for get in c.proc_getters], strict=True))
+        template: list[str] = []
+        keys: list[str] = []
+        for is_field, text in c.parts:
+            if not is_field:
+                template.append(text.replace("%", "%%"))
+            elif text in values:
+                template.append(format_value(values[text]).replace("%", "%%"))
+            else:
+                template.append("%s")
+                keys.append(text)
+        memo = _ProcMemo(proc, self._state, meta, values, "".join(template), tuple(keys))
+        if len(c.memo) >= 1024:
+            c.memo.clear()
+        c.memo[id(proc)] = memo
+        return memo
+
+    def _extract(
+        self, c: _Compiled, event: Any, memo: _ProcMemo | None = None
+    ) -> dict[str, FieldValue]:
         fields = c.fixed.copy()
         if c.proc_getters:
-            proc = event.proc
-            meta = self.meta(proc.container_id)
-            # keyed by identity: the tracker hands out one Process value per process
-            hit = c.memo.get(id(proc))
-            if hit is not None and hit[0] is proc and hit[1] == self._state and hit[2] is meta:
-                fields.update(hit[3])
-            else:
-                values = dict(zip(c.proc_keys, [get(event) for get in c.proc_getters], strict=True))
-                if len(c.memo) >= 1024:
-                    c.memo.clear()
-                c.memo[id(proc)] = (proc, self._state, meta, values)
-                fields.update(values)
+            memo = memo or self._proc_memo(c, event)
+            assert memo is not None
+            fields.update(memo.values)
         fields.update(zip(c.dynamic_keys, [get(event) for get in c.dynamic_getters], strict=True))
         return fields
 
@@ -332,17 +362,24 @@ class Engine:
                 self._limiter.hold(key, now_ns, _Held(c, event.time_ns, event, None))
                 return None
             held = admitted
-        return self._finish(c, event.time_ns, self._extract(c, event), held)
+        memo = self._proc_memo(c, event)
+        return self._finish(c, event.time_ns, self._extract(c, event, memo), held, memo)
 
     def _finish(
-        self, c: _Compiled, time_ns: int, fields: dict[str, FieldValue], held: int
+        self,
+        c: _Compiled,
+        time_ns: int,
+        fields: dict[str, FieldValue],
+        held: int,
+        memo: _ProcMemo | None = None,
     ) -> Alert:
         fields["podlock.suppressed"] = held
         fields["podlock.drops"] = self._drops
         self._drops = 0
+        template, keys = (memo.template, memo.keys) if memo else (c.template, c.out_keys)
         get = fields.__getitem__
-        output = c.template % tuple(
-            [v if (v := get(k)).__class__ in _PLAIN else format_value(v) for k in c.out_keys]
+        output = template % tuple(
+            [v if (v := get(k)).__class__ in _PLAIN else format_value(v) for k in keys]
         )
         rule = c.rule
         self.alerts += 1
