@@ -7,7 +7,7 @@ import functools
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import orjson
 
@@ -47,9 +47,10 @@ _BY_LOWER = {p.value.lower(): p for p in Priority} | {"info": Priority.INFORMATI
 PRIORITY_NAMES = ", ".join(p.value for p in Priority)
 
 
-@dataclass(frozen=True)
-class Alert:
-    """One alert; `output` is the rendered rule output without time or priority."""
+class Alert(NamedTuple):
+    """One alert; `output` is the rendered rule output without time or priority.
+    A NamedTuple (immutable and typed) because one is built per alert on the hot path,
+    about three times faster than a frozen dataclass."""
 
     time_ns: int
     rule: str
