@@ -62,17 +62,22 @@ class Loader:
         self._ring: int | None = None
         self._records: list[bytes] = []
         self._log: list[str] = []
-        # keep references: libbpf calls these after we return
-        self._on_record = libbpf.RingBufferCallback(self._collect)
+        # keep references: libbpf calls these after we return. The record callback is
+        # made once and copies each record out of the ring (it is reused after we return);
+        # a closure over the list, because it runs once per record.
+        records = self._records
+        append, string_at = records.append, ctypes.string_at
+
+        def collect(_ctx: int | None, data: int | None, size: int) -> int:
+            append(string_at(data or 0, size))
+            return 0
+
+        self._on_record = libbpf.RingBufferCallback(collect)
         self._on_print = libbpf.PrintCallback(self._print)
         self._fds: dict[str, int] = {}
         self._ncpus = _possible_cpus()
 
     # ---- libbpf callbacks ---------------------------------------------------
-    def _collect(self, _ctx: int | None, data: int | None, size: int) -> int:
-        self._records.append(ctypes.string_at(data or 0, size))
-        return 0
-
     def _print(self, _level: int, fmt: bytes | None, args: int | None) -> int:
         buf = ctypes.create_string_buffer(1 << 20)
         libbpf.vsnprintf()(buf, len(buf), fmt, args)
@@ -162,7 +167,8 @@ class Loader:
         rc = self._lib.ring_buffer__poll(self._ring, timeout_ms)
         if rc < 0 and -rc != errno.EINTR:
             raise LoaderError(f"polling the ring buffer failed: {os.strerror(-rc)}")
-        out, self._records = self._records, []
+        out = self._records.copy()
+        self._records.clear()
         return out
 
     def drops(self) -> int:
