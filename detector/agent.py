@@ -48,13 +48,15 @@ def event_json(event: Event) -> str:
     def plain(value: Any) -> Any:
         if isinstance(value, enum.Enum):
             return value.value
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, tuple) and hasattr(value, "_asdict"):  # the NamedTuple events
+            return {k: plain(v) for k, v in value._asdict().items()}
         if isinstance(value, list | tuple):
             return [plain(v) for v in value]
         return value
 
-    body = plain(dataclasses.asdict(event))
+    body = plain(event)
     body["type"] = type(event).__name__
     return json.dumps(body, separators=(",", ":"))
 

@@ -13,7 +13,7 @@ release, lost events no alert carried) happens in `flush`, and also from
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from detector.alerts import Alert, FieldValue, Priority, format_value
 from detector.condition.compiler import Pred, compile_condition, extractor
@@ -277,7 +277,7 @@ class Engine:
         elif cls is LostEvents:
             if not self._drops:
                 self._drops_since_ns = now_ns
-            self._drops += event.count  # type: ignore[union-attr]
+            self._drops += cast(LostEvents, event).count
             return self._expire(now_ns) if now_ns >= self._next_check_ns else []
         else:
             return []  # an event kind this engine does not know yet

@@ -107,14 +107,14 @@ class Tracker:
         if fs is FsKind.UNKNOWN:
             fs = self._classify(raw.hdr, path)
         return FileEvent(
-            time_ns=time_ns,
-            proc=self._process(raw.hdr),
-            op=raw.op,
-            path=path,
-            target=target,
-            fs=fs,
-            result=raw.result if raw.result < 0 else 0,
-            flags=raw.flags,
+            time_ns,
+            self._process(raw.hdr),
+            raw.op,
+            path,
+            target,
+            fs,
+            raw.result if raw.result < 0 else 0,
+            raw.flags,
         )
 
     def _process(self, hdr: RawHeader) -> Process:
