@@ -96,6 +96,7 @@ class Pipeline:
         self._pending: list[Alert] = []
 
     def deliver(self, event: Event, now: int) -> None:
+        """One event through the engine (step() does the same inline, per record)."""
         if self.events_log is not None:
             self.events_log.write(event_json(event) + "\n")
             self.events_log.flush()
@@ -106,14 +107,16 @@ class Pipeline:
                 self._write()
 
     def _write(self) -> None:
-        pending, self._pending = self._pending, []
-        self.outputs.emit_many(pending)
+        if self._pending:
+            self.outputs.emit_many(self._pending[:])
+            self._pending.clear()  # the same list: step() holds it
 
     def step(self, timeout_ms: int) -> int:
         """Poll once and handle what came; returns the wall-clock time it used."""
         records = self.loader.poll(timeout_ms)
         now = time.time_ns()
-        handle = self.tracker.handle
+        handle, process, pending = self.tracker.handle, self.engine.process, self._pending
+        log = self.events_log
         for record in records:
             try:
                 raw = decode(record)
@@ -122,8 +125,15 @@ class Pipeline:
                 continue
             event = handle(raw)
             if event is not None:
-                self.deliver(event, now)
                 self.processed += 1
+                if log is not None:
+                    log.write(event_json(event) + "\n")
+                    log.flush()
+                alerts = process(event, now)
+                if alerts:
+                    pending += alerts
+                    if len(pending) >= self.BATCH:
+                        self._write()
             elif (
                 isinstance(raw, RawCgroup)
                 and self.tracker.containers.get(raw.hdr.cgroup_id) is None
