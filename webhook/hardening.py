@@ -135,14 +135,16 @@ def _mounts_for(
     existing = ref.container.get("volumeMounts")
     if existing is not None and not isinstance(existing, list):
         return [], [f'container "{ref.name}": volumeMounts is not a list: no emptyDir added']
-    mounted = [
+    mounted = {
         normalize_path(m["mountPath"])
         for m in existing or ()
         if isinstance(m, dict) and isinstance(m.get("mountPath"), str) and m["mountPath"]
-    ]
+    }
+    # A mount covers its own path and everything below it (str.startswith takes a tuple).
+    below = tuple(mount.rstrip("/") + "/" for mount in mounted)
     mounts: list[dict[str, Any]] = []
     for path in wanted:
-        if any(_covers(mount, path) for mount in mounted):
+        if path in mounted or path.startswith(below):
             continue
         name = _unique_name(f"podlock-{_slug(ref.name)}-{_slug(path)}", taken)
         taken.add(name)

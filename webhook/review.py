@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -49,8 +49,8 @@ class Outcome:
     patched: bool
 
 
-@dataclass(frozen=True, slots=True)
-class _Request:
+class _Request(NamedTuple):
+    # A NamedTuple: built on every admission, and several times cheaper than a frozen dataclass.
     uid: str
     operation: str
     kind: str
