@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from detector.engine import Engine
     from detector.outputs import Outputs
 
-POLL_MS = 100
+POLL_MS = 20  # also bounds the delay of file events the kernel did not wake us for
 FLUSH_EVERY_NS = 100_000_000
 
 

@@ -167,6 +167,9 @@ class Loader:
         rc = self._lib.ring_buffer__poll(self._ring, timeout_ms)
         if rc < 0 and -rc != errno.EINTR:
             raise LoaderError(f"polling the ring buffer failed: {os.strerror(-rc)}")
+        # poll() reads only a ring that woke it; file events may have been written without
+        # a wake-up (see file_wakeup() in podlock.bpf.c), so read what is there anyway
+        self._lib.ring_buffer__consume(self._ring)
         out = self._records.copy()
         self._records.clear()
         return out
