@@ -6,17 +6,24 @@
     every per-file alert is written: delivered-or-counted, events/s, syscall->alert-written
     latency, and the real `podlock detect`'s peak RSS.
 
-(a) and (b) alternate detached/attached runs (>= 20 each); each attached run loads fresh
-probes and drains them with the agent's own Pipeline in a thread, as `podlock detect` does.
-Per-program ns/event comes from the kernel's BPF run-time statistics
-(kernel.bpf_stats_enabled=1). Writes tests/bench/results/detector.md. Needs root.
+(a) and (b) run in pairs (detached, attached; the order alternates), >= 20 pairs; each
+attached run loads fresh probes and drains them with the agent's own Pipeline in a thread,
+as `podlock detect` does. The workload is pinned to CPU 1 and the agent to CPU 0. The
+added cost is the median of the per-pair ratios (on/off - 1), with a 95% bootstrap
+interval over pairs, for both the workload's wall time and its CPU time (user + system:
+the BPF programs run in its syscalls, and CPU time does not count the time other jobs on
+this shared machine take the CPU away). The kernel's BPF run-time statistics
+(kernel.bpf_stats_enabled=1) cost time themselves, so they are off for the timed pairs and
+on for separate attached runs that give the per-program ns/event.
+Writes tests/bench/results/detector.md. Needs root.
 
-    PODLOCK_BENCH_DETECTOR_RUNS (default 20)  runs per arm for (a) and (b)
+    PODLOCK_BENCH_DETECTOR_RUNS (default 30)  pairs for (a) and (b)
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import platform
 import random
@@ -36,18 +43,19 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from detector import procscan  # noqa: E402
-from detector.agent import Pipeline, seed  # noqa: E402
+from detector.agent import POLL_MS, Pipeline, seed  # noqa: E402
 from detector.alerts import Alert  # noqa: E402
 from detector.config import load_detector_settings  # noqa: E402
 from detector.engine import Engine  # noqa: E402
-from detector.events import Event, FileEvent  # noqa: E402
 from detector.k8s import NoMetadata  # noqa: E402
 from detector.loader import Loader, ProgStats  # noqa: E402
 from detector.outputs import build_outputs  # noqa: E402
 from detector.tracker import Tracker  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "detector.md"
-RUNS = int(os.environ.get("PODLOCK_BENCH_DETECTOR_RUNS", "20"))
+RUNS = int(os.environ.get("PODLOCK_BENCH_DETECTOR_RUNS", "30"))
+STATS_RUNS = 3  # attached runs with the BPF run-time statistics on, per workload
+WORKLOAD_CPU, AGENT_CPU = 1, 0
 HOST_OPS = 1_000_000
 CONTAINER_WRITES = 20_000
 STORM_FILES = 100_000
@@ -61,21 +69,27 @@ WRITER_C = r"""
 #include <unistd.h>
 #include <sys/stat.h>
 /* mode n dir: "open" = n open/close of dir/f (read-only, created first);
- * "write" = n create+write+close of dir/f<i>. Prints the loop's ns. */
+ * "write" = n create+write+close of dir/f<i>. Prints the loop's wall and CPU ns. */
+static long ns(clockid_t clock) {
+    struct timespec t;
+    clock_gettime(clock, &t);
+    return t.tv_sec * 1000000000L + t.tv_nsec;
+}
 int main(int argc, char **argv) {
-    long n = atol(argv[2]); char p[4096]; struct timespec a, b;
+    long n = atol(argv[2]); char p[4096];
     mkdir(argv[3], 0755);
     snprintf(p, sizeof p, "%s/f", argv[3]);
     close(open(p, O_CREAT | O_WRONLY, 0644));
-    clock_gettime(CLOCK_MONOTONIC, &a);
+    long wall = ns(CLOCK_MONOTONIC), cpu = ns(CLOCK_PROCESS_CPUTIME_ID);
     for (long i = 0; i < n; i++) {
         if (argv[1][0] == 'o') { close(open(p, O_RDONLY)); continue; }
         snprintf(p, sizeof p, "%s/f%ld", argv[3], i);
         int fd = open(p, O_CREAT | O_WRONLY | O_TRUNC, 0644);
         if (fd >= 0) { write(fd, "x\n", 2); close(fd); }
     }
-    clock_gettime(CLOCK_MONOTONIC, &b);
-    printf("%ld\n", (b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec));
+    cpu = ns(CLOCK_PROCESS_CPUTIME_ID) - cpu;
+    wall = ns(CLOCK_MONOTONIC) - wall;
+    printf("%ld %ld\n", wall, cpu);
     return 0;
 }
 """
@@ -113,15 +127,11 @@ def median_ci(xs: list[float], rng: random.Random, n: int = 2000) -> tuple[float
 def ratio_ci(
     on: list[float], off: list[float], rng: random.Random, n: int = 2000
 ) -> tuple[float, float, float]:
-    """Added time (median on / median off - 1) with a 95% bootstrap interval."""
-    boots = sorted(
-        statistics.median(rng.choices(on, k=len(on)))
-        / statistics.median(rng.choices(off, k=len(off)))
-        - 1
-        for _ in range(n)
-    )
-    point = statistics.median(on) / statistics.median(off) - 1
-    return point, boots[int(0.025 * n)], boots[int(0.975 * n)]
+    """Added cost: the median of the per-pair ratios on/off - 1 (pairs ran back to back, so
+    slow drifts of the shared machine's load cancel), with a 95% bootstrap interval."""
+    ratios = [a / b - 1 for a, b in zip(on, off, strict=True)]
+    boots = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(n))
+    return statistics.median(ratios), boots[int(0.025 * n)], boots[int(0.975 * n)]
 
 
 @dataclass
@@ -132,45 +142,47 @@ class Attached:
     latencies_ns: list[int] = field(default_factory=list)
     consumer_cpu_s: float = 0.0
     first_last: list[int] = field(default_factory=list)
-    on_event: Callable[[Event], None] | None = None
+    on_alerts: Callable[[list[Alert]], None] | None = None  # sees each written batch
+    ring_bytes: int | None = None
+    paused: bool = False  # the consumer waits for go: a backlog builds in the ring
 
     def __enter__(self) -> Attached:
-        self.loader = Loader(procscan.host_mnt_ns())
+        self.loader = Loader(procscan.host_mnt_ns(), ring_bytes=self.ring_bytes)
         self.loader.start()
         boot_to_wall = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         tracker = Tracker(host=procscan.ProcHost(), boot_to_wall_ns=boot_to_wall)
         seed(self.loader, tracker, procscan.host_mnt_ns())
         outputs = build_outputs(self.settings, json_stdout=False)
         engine = Engine.from_settings(self.settings, NoMetadata())
-        emit = outputs.emit
+        emit_many = outputs.emit_many
 
-        def timed_emit(alert: Alert) -> None:
-            emit(alert)
-            self.latencies_ns.append(time.time_ns() - alert.time_ns)
+        def timed_emit_many(alerts: list[Alert]) -> None:
+            emit_many(alerts)  # the pipeline writes alerts in batches
+            written = time.time_ns()
+            self.latencies_ns.extend(written - a.time_ns for a in alerts)
+            if self.on_alerts is not None:
+                self.on_alerts(alerts)
 
-        outputs.emit = timed_emit  # type: ignore[method-assign]
+        outputs.emit_many = timed_emit_many  # type: ignore[method-assign]
         self.outputs = outputs
         self.pipeline = Pipeline(self.loader, tracker, engine, outputs)
-        if self.on_event is not None:
-            deliver, hook = self.pipeline.deliver, self.on_event
-
-            def counting(event: Event, now: int) -> None:
-                hook(event)
-                deliver(event, now)
-
-            self.pipeline.deliver = counting  # type: ignore[method-assign]
         self.stop = threading.Event()
+        self.go = threading.Event()
+        if not self.paused:
+            self.go.set()
         self.start_stats = {s.name: s for s in self.loader.program_stats()}
         self.thread = threading.Thread(target=self._drain, daemon=True)
         self.thread.start()
         return self
 
     def _drain(self) -> None:
+        os.sched_setaffinity(0, {AGENT_CPU})
+        self.go.wait()
         t0 = time.thread_time()
         next_flush = 0
         while not self.stop.is_set():
             before = self.pipeline.processed
-            now = self.pipeline.step(50)
+            now = self.pipeline.step(POLL_MS)
             if self.pipeline.processed != before:
                 if not self.first_last:
                     self.first_last.append(now)
@@ -237,7 +249,8 @@ def main() -> int:
     )
     image = h.build_image(work / "image")
     shutil.copy2(writer, image / "bin" / "writer")
-    old_stats = sysctl("kernel.bpf_stats_enabled", "1")
+    old_stats = sysctl("kernel.bpf_stats_enabled", "0")
+    os.sched_setaffinity(0, {AGENT_CPU})
     container = None
     settings = load_detector_settings(None, [])
     report: list[str] = []
@@ -248,15 +261,23 @@ def main() -> int:
             "mv /vol/result.tmp /vol/result; fi; sleep 0.02; done"
         )
         container = h.start_container(work / "containers", image, readonly=False)
+        init_pid = json.loads(
+            subprocess.run(["runc", "state", container.id], capture_output=True, check=True).stdout
+        )["pid"]
+        # the container's loop and the writer it starts run on the workload's CPU
+        subprocess.run(["taskset", "-a", "-p", "-c", str(WORKLOAD_CPU), str(init_pid)],
+                       check=True, capture_output=True)  # fmt: skip
 
-        def host_run() -> float:
+        def host_run() -> tuple[float, float]:
             out = subprocess.run(
-                [str(writer), "open", str(HOST_OPS), str(work / "host")],
+                ["taskset", "-c", str(WORKLOAD_CPU), str(writer), "open", str(HOST_OPS),
+                 str(work / "host")],
                 capture_output=True, text=True, check=True,
             )  # fmt: skip
-            return int(out.stdout) / 1e9
+            wall, cpu = out.stdout.split()
+            return int(wall) / 1e9, int(cpu) / 1e9
 
-        def container_run() -> float:
+        def container_run() -> tuple[float, float]:
             result = container.volume / "result"
             result.unlink(missing_ok=True)
             (container.volume / "go").write_text("1")
@@ -264,104 +285,138 @@ def main() -> int:
             while not result.exists():
                 assert time.monotonic() < deadline, "container workload did not finish"
                 time.sleep(0.005)
-            return int(result.read_text()) / 1e9
+            wall, cpu = result.read_text().split()
+            return int(wall) / 1e9, int(cpu) / 1e9
 
-        arms: dict[str, dict[str, list[float]]] = {"a": {"off": [], "on": []},
-                                                   "b": {"off": [], "on": []}}  # fmt: skip
+        runs = {"a": host_run, "b": container_run}
+        arms: dict[str, dict[str, list[tuple[float, float]]]] = {
+            k: {"off": [], "on": []} for k in runs
+        }
         prog_total: dict[str, dict[str, list[int]]] = {"a": {}, "b": {}}
+
+        def attached_run(key: str) -> tuple[float, float]:
+            with Attached(settings) as att:
+                result = runs[key]()
+                if key == "b":
+                    pipeline = att.pipeline
+                    att.drain_until(lambda: pipeline.processed >= CONTAINER_WRITES)
+                merge_stats(prog_total[key], att.prog_stats())
+            return result
+
         container_run()  # warm up the upper layer's files
         for i in range(RUNS):
-            for key, run in (("a", host_run), ("b", container_run)):
+            for key, run in runs.items():
                 order = ("off", "on") if i % 2 == 0 else ("on", "off")
                 for arm in order:
-                    if arm == "off":
-                        arms[key]["off"].append(run())
-                        continue
-                    with Attached(settings) as att:
-                        arms[key]["on"].append(run())
-                        if key == "b":
-                            att.drain_until(lambda a=att: a.pipeline.processed >= CONTAINER_WRITES)
-                        merge_stats(prog_total[key], att.prog_stats())
-            print(f"run {i + 1}/{RUNS} done", file=sys.stderr, flush=True)
+                    arms[key][arm].append(run() if arm == "off" else attached_run(key))
+            _progress(f"pair {i + 1}/{RUNS} done")
+        # per-program run time: separate attached runs, statistics on
+        prog_total = {"a": {}, "b": {}}
+        sysctl("kernel.bpf_stats_enabled", "1")
+        for _ in range(STATS_RUNS):
+            for key in runs:
+                attached_run(key)
+        sysctl("kernel.bpf_stats_enabled", "0")
+        _progress("statistics runs done")
 
         report += [
             "## Drift detector (eBPF probes + Python agent)",
             "",
-            f"Machine: {machine()}. {RUNS} interleaved runs per arm; medians with 95% bootstrap",
-            'intervals. "on" = fresh probes attached and drained by the agent\'s pipeline',
-            "(default rules and outputs: rate-limited text alerts on stdout).",
+            f"Machine: {machine()}; load average at the start {os.getloadavg()[0]:.1f} "
+            "(the machine is shared with other jobs).",
             "",
-            "| workload | off (median, CI) | on (median, CI) | added time (CI) | target |",
-            "|---|---|---|---|---|",
+            f"Method: {RUNS} pairs per workload (detached and attached back to back, the order",
+            "alternating). Added cost = median over pairs of on/off - 1, with a 95% bootstrap",
+            "interval over pairs; the workload is pinned to CPU 1, the agent to CPU 0. Wall =",
+            "the workload loop's elapsed time; CPU = its user + system time (the BPF programs",
+            "run in its syscalls; other jobs on the machine inflate wall time, not CPU time).",
+            '"on" = fresh probes attached and drained by the agent\'s pipeline (default rules',
+            "and outputs: rate-limited text alerts on stdout). BPF run-time statistics off for",
+            f"these pairs; the per-program tables come from {STATS_RUNS} further attached runs",
+            "with statistics on.",
+            "",
+            "| workload | off wall, median | added wall (CI) | off CPU, median "
+            "| added CPU (CI) | target |",
+            "|---|---|---|---|---|---|",
         ]
         labels = {
-            "a": (f"(a) host: {HOST_OPS:,} open/close", "≤ 3%"),
-            "b": (f"(b) container's own process: {CONTAINER_WRITES:,} file writes", "≤ 10%"),
+            "a": (f"(a) host: {HOST_OPS:,} open/close", 0.03),
+            "b": (f"(b) container's own process: {CONTAINER_WRITES:,} file writes", 0.10),
         }
+        verdicts: list[str] = []
         for key, (label, target) in labels.items():
-            off = median_ci(arms[key]["off"], rng)
-            on = median_ci(arms[key]["on"], rng)
-            added = ratio_ci(arms[key]["on"], arms[key]["off"], rng)
-            report.append(
-                f"| {label} | {off[0] * 1e3:.1f} ms ({off[1] * 1e3:.1f} to {off[2] * 1e3:.1f}) "
-                f"| {on[0] * 1e3:.1f} ms ({on[1] * 1e3:.1f} to {on[2] * 1e3:.1f}) "
-                f"| {added[0] * 100:+.1f}% ({added[1] * 100:+.1f}% to {added[2] * 100:+.1f}%) "
-                f"| {target} |"
-            )
+            cells = []
+            for col, measure in ((0, "wall"), (1, "CPU")):
+                on = [x[col] for x in arms[key]["on"]]
+                off = [x[col] for x in arms[key]["off"]]
+                added = ratio_ci(on, off, rng)
+                cells += [
+                    f"{statistics.median(off) * 1e3:.1f} ms",
+                    f"{added[0] * 100:+.1f}% ({added[1] * 100:+.1f}% to {added[2] * 100:+.1f}%)",
+                ]
+                verdicts.append(f"{label.split(')')[0]}) {measure}: {_verdict(added, target)}")
+            report.append(f"| {label} | {' | '.join(cells)} | ≤ {target:.0%} |")
         for key, (label, _) in labels.items():
             report += ["", f"BPF run time per program during {label} (attached runs):", ""]
             report += stats_table(prog_total[key])
 
         # (c) the exec-session storm, in-process (latency, throughput, delivery)
         storm_settings = load_detector_settings(_storm_config(work), [])
-        storm_events = [0]
-
-        def count(event: Event) -> None:
-            if isinstance(event, FileEvent) and event.path.startswith("/tmp/storm/"):
-                storm_events[0] += 1
-
-        with Attached(storm_settings, on_event=count) as att:
-            t0 = time.monotonic()
-            res = container.exec_argv(
-                ["writer", "write", str(STORM_FILES), "/tmp/storm"], timeout=300
-            )
-            assert res.returncode == 0, res.stderr
-            produce_s = int(res.stdout) / 1e9
-            att.drain_until(
-                lambda: storm_events[0] + att.loader.drops() >= STORM_FILES, timeout=300
-            )
-            wall = time.monotonic() - t0
-            drops = att.loader.drops()
-            storm_stats = att.prog_stats()
-        first, last = ([*att.first_last, 0, 0])[:2]
-        lat = sorted(att.latencies_ns)
+        sysctl("kernel.bpf_stats_enabled", "1")
+        live = _storm(container, storm_settings, "/tmp/storm/")
+        _progress("live storm done")
+        # the same storm into a paused consumer with a ring big enough for all of it:
+        # how fast the pipeline works through a backlog
+        backlog = _storm(container, storm_settings, "/tmp/storm-b/", ring_bytes=128 << 20)
+        sysctl("kernel.bpf_stats_enabled", "0")
+        _progress("backlog storm done")
+        rss_mib = _storm_rss(h, container, work)
+        lat = sorted(live.latencies_ns)
         p50 = lat[len(lat) // 2] / 1e6 if lat else float("nan")
         p99 = lat[int(len(lat) * 0.99)] / 1e6 if lat else float("nan")
-        processed = storm_events[0]
-        rate = processed / max((last - first) / 1e9, 1e-9)
-        capacity = att.pipeline.processed / max(att.consumer_cpu_s, 1e-9)
-        rss_mib = _storm_rss(h, container, work)
         report += [
             "",
-            f"(c) exec-session storm: {STORM_FILES:,} file creates by one `runc exec` process",
-            f"(produced in {produce_s:.2f} s), rate limit off so every per-file alert is written",
-            "to a file output:",
+            f"(c) exec-session storm: {STORM_FILES:,} file creates by one `runc exec` process,",
+            "rate limit off so every per-file alert is written (JSON, to a file output).",
+            f"Live: the agent consumes as the storm runs (produced in {live.produce_s:.2f} s, so",
+            "the live rate cannot exceed the producer's). Backlog: the same storm into a",
+            "paused agent with a 128 MiB ring, then drained: the pipeline's end-to-end rate.",
             "",
             "| measure | value | target |",
             "|---|---|---|",
-            f"| delivered + counted lost | {processed:,} + {drops:,} = {processed + drops:,} "
-            f"of {STORM_FILES:,} | all |",
-            f"| events processed per second (first to last) | {rate:,.0f} | ≥ 50,000 |",
-            f"| consumer capacity (events per CPU-second of the agent) | {capacity:,.0f} | |",
-            f"| syscall → alert written, p50 / p99 | {p50:.1f} ms / {p99:.1f} ms | p99 ≤ 100 ms |",
-            f"| alerts written | {len(lat):,} | |",
+            *(
+                f"| delivered (per-file alert written) + counted lost, {name} | {r.events:,} + "
+                f"{r.drops:,} = {r.events + r.drops:,} of {STORM_FILES:,} | all |"
+                for name, r in (("live", live), ("backlog", backlog))
+            ),
+            f"| events processed per second, backlog (first to last) | {backlog.rate:,.0f} "
+            "| ≥ 50,000 |",
+            f"| events processed per second, live (first to last; bounded by the producer) "
+            f"| {live.rate:,.0f} | |",
+            f"| consumer capacity (events per CPU-second of the agent), live / backlog "
+            f"| {live.capacity:,.0f} / {backlog.capacity:,.0f} | |",
+            f"| syscall → alert written, live, p50 / p99 | {p50:.1f} ms / {p99:.1f} ms "
+            "| p99 ≤ 100 ms |",
+            f"| alerts written (live) | {len(lat):,} | |",
             f"| `podlock detect` peak RSS during the same storm | {rss_mib:.1f} MiB | ≤ 100 MiB |",
-            f"| wall time until all events were handled | {wall:.2f} s | |",
+            f"| wall time until all events were handled (live) | {live.wall_s:.2f} s | |",
             "",
-            "BPF run time per program during the storm:",
+            "BPF run time per program during the live storm (statistics on):",
             "",
-            *stats_table({k: [v.run_time_ns, v.run_cnt] for k, v in storm_stats.items()}),
+            *stats_table({k: [v.run_time_ns, v.run_cnt] for k, v in live.stats.items()}),
             "",
+            "Targets in this run (a CI entirely under the target = met, entirely over = not",
+            "met):",
+            "",
+            *(f"- {v}" for v in verdicts),
+            f"- (c) every event delivered or counted lost: "
+            f"{_yes(all(r.events + r.drops >= STORM_FILES for r in (live, backlog)))}",
+            f"- (c) ≥ 50,000 events/s processed (backlog, first to last): "
+            f"{_yes(backlog.rate >= 50_000)} ({backlog.rate:,.0f}/s)",
+            f"- (c) p99 syscall → alert written ≤ 100 ms (live): {_yes(p99 <= 100)} ({p99:.1f} ms)",
+            f"- (c) RSS ≤ 100 MiB: {_yes(rss_mib <= 100)} ({rss_mib:.1f} MiB)",
+            "",
+            *NOTES,
         ]
     finally:
         if container is not None:
@@ -372,6 +427,98 @@ def main() -> int:
     RESULTS.write_text("\n".join(report) + "\n")
     print("\n".join(report))
     return 0
+
+
+_T0 = time.monotonic()
+
+NOTES = [
+    "Notes (measured separately, by hand, on the same machine, 2026-11-27):",
+    "",
+    "- (a)'s floor: `perf record` of the same 1M open/close loop, share of its CPU samples in",
+    "  tracing code (bpf_prog_*, bpf_trace_run*, syscall_exit_work, syscall_trace_enter,",
+    "  map lookups, probe reads), 3 runs each: an *empty* `tp_btf/sys_exit` (or",
+    "  `raw_tp/sys_exit`) program 7.1-7.6%; podlock's program 8.5-8.8% (10.1-10.4% before it",
+    "  read the syscall number with a direct BTF load instead of a probe-read helper);",
+    "  per-syscall `tp/syscalls/sys_enter_openat` + `sys_exit_openat` programs that only look",
+    "  the task up (covering openat alone) 12.0-13.1%. This VM runs retpolines and ITS thunks",
+    "  on every indirect call, so any program on every syscall exit costs more than the 3%",
+    "  target on a loop of back-to-back cheap syscalls; per-syscall tracepoints cost more, not",
+    "  less (and need tracefs mounted). The wall/CPU ratios above include effects perf does",
+    "  not attribute to tracing symbols (caches, branch predictors).",
+    "- (c)'s live rate is the producer's: one `runc exec` process creating files on overlayfs",
+    "  makes 5k-30k events/s here depending on the machine's other jobs; the backlog row is",
+    "  the pipeline's own end-to-end rate.",
+]
+
+
+def _verdict(added: tuple[float, float, float], target: float) -> str:
+    point, lo, hi = added
+    state = "met" if hi <= target else "not met" if lo > target else "not decided (CI spans it)"
+    return f"{state} ({point * 100:+.1f}%, target ≤ {target:.0%})"
+
+
+def _yes(ok: bool) -> str:
+    return "met" if ok else "not met"
+
+
+def _progress(what: str) -> None:
+    print(f"[{time.monotonic() - _T0:6.1f} s] {what}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class StormResult:
+    events: int
+    drops: int
+    produce_s: float
+    wall_s: float
+    rate: float
+    capacity: float
+    latencies_ns: list[int]
+    stats: dict[str, ProgStats]
+
+
+def _storm(
+    container: Any, settings: Any, prefix: str, ring_bytes: int | None = None
+) -> StormResult:
+    """STORM_FILES creates under `prefix` in a `runc exec` session, through the Pipeline."""
+    seen = [0]
+
+    def count(alerts: list[Alert]) -> None:
+        # each storm file's event, delivered and its per-file alert written
+        seen[0] += sum(1 for a in alerts if str(a.output_fields.get("fd.name")).startswith(prefix))
+
+    paused = ring_bytes is not None
+    with Attached(settings, on_alerts=count, ring_bytes=ring_bytes, paused=paused) as att:
+        t0 = time.monotonic()
+        produce_s = _exec_writer(container, prefix.rstrip("/"))
+        att.go.set()
+        att.drain_until(lambda: seen[0] + att.loader.drops() >= STORM_FILES, timeout=300)
+        wall = time.monotonic() - t0
+        drops = att.loader.drops()
+        stats = att.prog_stats()
+    first, last = ([*att.first_last, 0, 0])[:2]
+    return StormResult(
+        events=seen[0],
+        drops=drops,
+        produce_s=produce_s,
+        wall_s=wall,
+        rate=seen[0] / max((last - first) / 1e9, 1e-9),
+        capacity=att.pipeline.processed / max(att.consumer_cpu_s, 1e-9),
+        latencies_ns=att.latencies_ns,
+        stats=stats,
+    )
+
+
+def _exec_writer(container: Any, directory: str) -> float:
+    """`runc exec <id> writer write STORM_FILES directory` on the workload's CPU (the exec'd
+    process inherits runc's affinity); returns the loop's wall seconds."""
+    res = subprocess.run(
+        ["taskset", "-c", str(WORKLOAD_CPU), "runc", "exec", container.id,
+         "writer", "write", str(STORM_FILES), directory],
+        input=b"", capture_output=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return int(res.stdout.split()[0]) / 1e9
 
 
 def _storm_config(work: Path) -> str:
@@ -390,8 +537,7 @@ def _storm_rss(h: Any, container: Any, work: Path) -> float:
     """Peak RSS (VmHWM) of the real `podlock detect` while it takes the same storm."""
     detector = h.start_detector(work / "rss", ["--config", _storm_config(work)])
     try:
-        res = container.exec_argv(["writer", "write", str(STORM_FILES), "/tmp/storm2"], timeout=300)
-        assert res.returncode == 0, res.stderr
+        _exec_writer(container, "/tmp/storm2")
         time.sleep(3)
         status = Path(f"/proc/{detector.proc.pid}/status").read_text()
         hwm = next(line for line in status.splitlines() if line.startswith("VmHWM"))
