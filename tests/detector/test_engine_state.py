@@ -6,7 +6,19 @@ from detector.config import RateLimit
 from detector.engine import DROP_RULE
 from detector.events import LostEvents
 from detector.ratelimit import RateLimiter
-from detector.synthetic import CID, SEC, T0, engine, exec_, exec_proc, exit_, proc, write
+from detector.synthetic import (
+    CID,
+    META,
+    SEC,
+    T0,
+    StaticMeta,
+    engine,
+    exec_,
+    exec_proc,
+    exit_,
+    proc,
+    write,
+)
 
 ROOTFS_NOTICE = "Container process wrote to its root filesystem"
 LIMIT = RateLimit(enabled=True, rate=1.0, max_burst=3, summary_interval_s=10.0)
@@ -115,3 +127,15 @@ def test_events_of_unknown_kinds_are_ignored() -> None:
 
 def test_container_id_constant_is_used() -> None:
     assert proc(1).container_id == CID
+
+
+def test_per_process_fields_follow_new_metadata_for_the_same_process_value() -> None:
+    meta = StaticMeta({})
+    eng = engine(meta=meta)
+    app = proc(200, comm="app")  # one Process value, as the tracker hands out per process
+    (before,) = eng.process(write(app, "/etc/a"), T0)
+    meta.metas[CID] = META  # the pod became known
+    (after,) = eng.process(write(app, "/etc/b"), T0 + 10)
+    assert before.output_fields["k8s.pod.name"] is None
+    assert after.output_fields["k8s.pod.name"] == META.pod_name
+    assert META.pod_name in after.output and "k8s_pod=<NA>" in before.output

@@ -108,6 +108,31 @@ def test_mount_table_falls_back_to_another_process_of_the_container() -> None:
     assert isinstance(ev, FileEvent) and ev.fs is FsKind.VOLUME
 
 
+@pytest.mark.parametrize(
+    ("between", "cmdline", "container_id"),
+    [
+        (None, ("sh", "-c", "x"), ""),  # nothing changed: the same Process value
+        (RawExec(hdr(), ExecOrigin.UPPER, "/tmp/t", ("t", "-v")), ("t", "-v"), ""),
+        (RawExit(hdr(), 0), (), ""),  # the pid's info is gone with the process
+        (RawCgroup(hdr(session=None), f"/docker/{ID}"), ("sh", "-c", "x"), ID),
+    ],
+    ids=["same", "exec", "exit", "cgroup"],
+)
+def test_reused_process_values_follow_exec_exit_and_cgroup_records(
+    between: RawExec | RawExit | RawCgroup | None, cmdline: tuple[str, ...], container_id: str
+) -> None:
+    t = Tracker(host=FakeHost(), boot_to_wall_ns=0)
+    t.handle(RawExec(hdr(), ExecOrigin.IMAGE, "/bin/busybox", ("sh", "-c", "x")))
+    write = RawFile(hdr(), FileOp.OPEN_WRITE, FsKind.ROOTFS, 3, 0o101, "/etc/x", "")
+    first = t.handle(write)
+    if between is not None:
+        t.handle(between)
+    second = t.handle(write)
+    assert isinstance(first, FileEvent) and isinstance(second, FileEvent)
+    assert (second.proc.cmdline, second.proc.container_id) == (cmdline, container_id)
+    assert (second.proc is first.proc) == (between is None)
+
+
 def proc(pid: int, ppid: int, start: int, cg: str = "/c1", pidns: int = 100) -> _Proc:
     return _Proc(pid, ppid, start, pidns, cg, ProcInfo("/bin/sh", ("sh",)))
 
