@@ -55,6 +55,7 @@ from detector.tracker import Tracker  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results" / "detector.md"
 RUNS = int(os.environ.get("PODLOCK_BENCH_DETECTOR_RUNS", "30"))
 STATS_RUNS = 3  # attached runs with the BPF run-time statistics on, per workload
+BACKLOG_RUNS = 3  # (c) backlog drains; the median is reported
 WORKLOAD_CPU, AGENT_CPU = 1, 0
 HOST_OPS = 1_000_000
 CONTAINER_WRITES = 20_000
@@ -367,7 +368,14 @@ def main() -> int:
         _progress("live storm done")
         # the same storm into a paused consumer with a ring big enough for all of it:
         # how fast the pipeline works through a backlog
-        backlog = _storm(container, storm_settings, "/tmp/storm-b/", ring_bytes=128 << 20)
+        backlogs = sorted(
+            (
+                _storm(container, storm_settings, f"/tmp/storm-b{i}/", ring_bytes=128 << 20)
+                for i in range(BACKLOG_RUNS)
+            ),
+            key=lambda r: r.rate,
+        )
+        backlog = backlogs[len(backlogs) // 2]  # the median run
         sysctl("kernel.bpf_stats_enabled", "0")
         _progress("backlog storm done")
         rss_mib = _storm_rss(h, container, work)
@@ -380,17 +388,22 @@ def main() -> int:
             "rate limit off so every per-file alert is written (JSON, to a file output).",
             f"Live: the agent consumes as the storm runs (produced in {live.produce_s:.2f} s, so",
             "the live rate cannot exceed the producer's). Backlog: the same storm into a",
-            "paused agent with a 128 MiB ring, then drained: the pipeline's end-to-end rate.",
+            f"paused agent with a 128 MiB ring, then drained ({BACKLOG_RUNS} times): the",
+            "pipeline's end-to-end rate.",
             "",
             "| measure | value | target |",
             "|---|---|---|",
             *(
                 f"| delivered (per-file alert written) + counted lost, {name} | {r.events:,} + "
                 f"{r.drops:,} = {r.events + r.drops:,} of {STORM_FILES:,} | all |"
-                for name, r in (("live", live), ("backlog", backlog))
+                for name, r in (
+                    ("live", live),
+                    *((f"backlog {i + 1}", b) for i, b in enumerate(backlogs)),
+                )
             ),
-            f"| events processed per second, backlog (first to last) | {backlog.rate:,.0f} "
-            "| ≥ 50,000 |",
+            f"| events processed per second, backlog (first to last), median of "
+            f"{BACKLOG_RUNS} (range) | {backlog.rate:,.0f} ({backlogs[0].rate:,.0f} to "
+            f"{backlogs[-1].rate:,.0f}) | ≥ 50,000 |",
             f"| events processed per second, live (first to last; bounded by the producer) "
             f"| {live.rate:,.0f} | |",
             f"| consumer capacity (events per CPU-second of the agent), live / backlog "
@@ -410,8 +423,8 @@ def main() -> int:
             "",
             *(f"- {v}" for v in verdicts),
             f"- (c) every event delivered or counted lost: "
-            f"{_yes(all(r.events + r.drops >= STORM_FILES for r in (live, backlog)))}",
-            f"- (c) ≥ 50,000 events/s processed (backlog, first to last): "
+            f"{_yes(all(r.events + r.drops >= STORM_FILES for r in (live, *backlogs)))}",
+            f"- (c) ≥ 50,000 events/s processed (backlog median, first to last): "
             f"{_yes(backlog.rate >= 50_000)} ({backlog.rate:,.0f}/s)",
             f"- (c) p99 syscall → alert written ≤ 100 ms (live): {_yes(p99 <= 100)} ({p99:.1f} ms)",
             f"- (c) RSS ≤ 100 MiB: {_yes(rss_mib <= 100)} ({rss_mib:.1f} MiB)",
