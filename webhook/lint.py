@@ -265,50 +265,15 @@ FIXING: dict[Mode, Literal["", "fixed", "would fix"]] = {
     "fix": "fixed",
     "diff": "would fix",
 }
-PARALLEL_MIN_FILES = 64  # below this, starting workers costs more than it saves
 
 
 def process_all(names: Sequence[str], settings: Settings, mode: Mode) -> list[FileOutcome]:
-    """`process` over files, in order; on several CPUs, over a few forked workers.
+    """`process` over files, in order, in this process.
 
-    The work is YAML parsing, CPU-bound and per file, so processes (not threads) divide it.
+    Forked workers were measured here (2 CPUs, the whole corpus): no faster in wall time and
+    more CPU, so linting stays in one process.
     """
-    jobs = _jobs()
-    if jobs < 2 or len(names) < PARALLEL_MIN_FILES or not _can_fork():
-        return [process(name, settings, mode) for name in names]
-    import multiprocessing
-
-    global _WORKER_ARGS
-    _WORKER_ARGS = (settings, mode)  # inherited by the forked workers, never pickled
-    try:
-        pool = multiprocessing.get_context("fork").Pool(jobs)
-    except OSError:  # no /dev/shm for the pool's semaphores (some sandboxes): one process
-        return [process(name, settings, mode) for name in names]
-    with pool:
-        return pool.map(_process_in_worker, names, chunksize=max(1, len(names) // (jobs * 8)))
-
-
-_WORKER_ARGS: tuple[Settings, Mode] | None = None
-
-
-def _jobs() -> int:
-    """Workers: PODLOCK_LINT_JOBS if set (1 = no workers), else one per usable CPU, up to 8."""
-    configured = os.environ.get("PODLOCK_LINT_JOBS", "")
-    if configured.isdigit() and int(configured) > 0:
-        return int(configured)
-    return min(len(os.sched_getaffinity(0)), 8) if hasattr(os, "sched_getaffinity") else 1
-
-
-def _process_in_worker(name: str) -> FileOutcome:
-    assert _WORKER_ARGS is not None
-    return process(name, *_WORKER_ARGS)
-
-
-def _can_fork() -> bool:
-    # fork() from a process with other threads running (a test server, say) is unsafe.
-    import threading
-
-    return hasattr(os, "fork") and threading.active_count() == 1
+    return [process(name, settings, mode) for name in names]
 
 
 def main(options: Options, stdin: BinaryIO, stdout: TextIO, stderr: TextIO) -> int:

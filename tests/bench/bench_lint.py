@@ -164,29 +164,23 @@ def main() -> int:
         "--skip-path",
         "checkov-verdicts.json",
     ]
-    serial_cmd = [*podlock_cmd]
-    env_serial = {**os.environ, "PODLOCK_LINT_JOBS": "1"}
 
     # One warm-up each (page cache, pyc), then interleaved measured runs.
     measure(podlock_cmd)
     measure(checkov_cmd)
     podlock: list[Run] = []
     checkov: list[Run] = []
-    serial: list[Run] = []
     for index in range(RUNS):
         print(f"run {index + 1}/{RUNS}", flush=True)
         podlock.append(measure(podlock_cmd))
         checkov.append(measure(checkov_cmd))
-        serial.append(measure(serial_cmd, env_serial))
-    bad = [r.code for r in podlock + checkov + serial if r.code not in (1, 2)]
+    bad = [r.code for r in podlock + checkov if r.code not in (1, 2)]
     specs, eval_us, plan_us, parse_mbs = policy_timing()
 
     p_min, p_med, p_max, p_cpu, p_rss = stats(podlock)
-    s_min, s_med, s_max, s_cpu, s_rss = stats(serial)
     c_min, c_med, c_max, c_cpu, c_rss = stats(checkov)
     speedup = c_med / p_med
-    serial_speedup = c_med / s_med
-    rss = max(p_rss, s_rss)
+    rss = p_rss
 
     def verdict(ok: bool) -> str:
         return "PASS" if ok else "MISS"
@@ -199,16 +193,13 @@ def main() -> int:
         f"- {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; checkov {checkov_version}",
         f"- corpus: {files} manifest files under shared/corpus ({specs} pod specs judged); "
         f"{RUNS} interleaved runs per tool after one warm-up each; wait4() wall/CPU/max RSS",
-        "- podlock: `podlock lint --format json <corpus folders>` (forked workers, one per "
-        "CPU); 'podlock, 1 process': the same with PODLOCK_LINT_JOBS=1",
+        "- podlock: `podlock lint --format json <corpus folders>`",
         f"- checkov: `checkov -d corpus --framework kubernetes --check {CHECKS} -o json "
         "--skip-download --skip-path checkov-verdicts.json`",
         "",
         "| tool | wall min s | wall median s | wall max s | CPU median s | max RSS MiB |",
         "|---|---:|---:|---:|---:|---:|",
         f"| podlock | {p_min:.3f} | {p_med:.3f} | {p_max:.3f} | {p_cpu:.3f} | {p_rss:.1f} |",
-        f"| podlock, 1 process | {s_min:.3f} | {s_med:.3f} | {s_max:.3f} | {s_cpu:.3f} | "
-        f"{s_rss:.1f} |",
         f"| checkov | {c_min:.3f} | {c_med:.3f} | {c_max:.3f} | {c_cpu:.3f} | {c_rss:.1f} |",
         "",
         f"- policy evaluation: {eval_us:.1f} µs median per pod spec (timeit, {specs} specs); "
@@ -218,8 +209,8 @@ def main() -> int:
         "### Targets",
         "",
         f"- median wall: podlock {speedup:.1f}x faster than checkov (target >= "
-        f"{TARGET_SPEEDUP:.0f}x): {verdict(speedup >= TARGET_SPEEDUP)}; in one process "
-        f"{serial_speedup:.1f}x; CPU time {c_cpu / p_cpu:.1f}x less",
+        f"{TARGET_SPEEDUP:.0f}x): {verdict(speedup >= TARGET_SPEEDUP)}; CPU time "
+        f"{c_cpu / p_cpu:.1f}x less",
         f"- max RSS: {rss:.1f} MiB (target <= {TARGET_RSS_MIB:.0f}): "
         f"{verdict(rss <= TARGET_RSS_MIB)}",
         f"- policy evaluation: {eval_us:.1f} µs per pod spec (target <= {TARGET_EVAL_US:.0f}): "
