@@ -36,7 +36,8 @@ pytestmark = pytest.mark.root
 
 def _need_root() -> None:
     if os.geteuid() != 0:
-        pytest.skip("end-to-end detector tests need root (eBPF, runc); CI runs them as root")
+        # A failure, not a skip: a skipped end-to-end test would pass CI while proving nothing.
+        pytest.fail("end-to-end detector tests need root (eBPF, runc): run make test as root")
 
 
 def build_image(lower: Path) -> Path:
