@@ -53,3 +53,26 @@ class Failures:
                 self.sink,
                 problem,
             )
+
+
+class SinkBase:
+    """What every sink has in common: its failure count, and `emit` as a batch of one.
+
+    Sinks that deliver one alert at a time (http, program) override `emit` instead.
+    """
+
+    name = "sink"
+
+    def __init__(self, label: str) -> None:
+        self._failures = Failures(label)
+
+    @property
+    def failures(self) -> int:
+        return self._failures.count
+
+    def emit(self, alert: Alert) -> None:
+        self.emit_many([alert])
+
+    def emit_many(self, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            self.emit(alert)

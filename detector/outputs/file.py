@@ -8,16 +8,16 @@ from typing import TextIO
 
 from detector.alerts import Alert
 from detector.errors import ConfigError
-from detector.outputs.base import Failures, Formatter
+from detector.outputs.base import Formatter, SinkBase
 
 
-class FileSink:
+class FileSink(SinkBase):
     name = "file"
 
     def __init__(self, path: str, keep_alive: bool, fmt: Formatter) -> None:
         self._path = path
         self._fmt = fmt
-        self._failures = Failures(f"file ({path})")
+        super().__init__(f"file ({path})")
         self._handle: TextIO | None = None
         try:  # fail at start-up, with the key named, rather than on the first alert
             handle = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
@@ -29,13 +29,6 @@ class FileSink:
             self._handle = handle
         else:
             handle.close()
-
-    @property
-    def failures(self) -> int:
-        return self._failures.count
-
-    def emit(self, alert: Alert) -> None:
-        self.emit_many([alert])
 
     def emit_many(self, alerts: list[Alert]) -> None:
         fmt = self._fmt

@@ -11,37 +11,30 @@ import urllib.error
 import urllib.request
 
 from detector.alerts import Alert
-from detector.outputs.base import Failures
+from detector.outputs.base import SinkBase
 
 _QUEUE_SIZE = 10_000
 _STOP = object()
 
 
-class HttpSink:
+class HttpSink(SinkBase):
+    # emit_many is SinkBase's: one POST per alert, as Falco's http_output does.
     name = "http"
 
     def __init__(self, url: str, timeout_s: float = 2.0, queue_size: int = _QUEUE_SIZE) -> None:
         self._url = url
         self._timeout = timeout_s
-        self._failures = Failures(f"http ({url})")
+        super().__init__(f"http ({url})")
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
         self.sent = 0
         self._thread = threading.Thread(target=self._run, name="podlock-http-output", daemon=True)
         self._thread.start()
-
-    @property
-    def failures(self) -> int:
-        return self._failures.count
 
     def emit(self, alert: Alert) -> None:
         try:
             self._queue.put_nowait(alert.to_json().encode())
         except queue.Full:
             self._failures.record(f"{_QUEUE_SIZE} alerts waiting; dropping")
-
-    def emit_many(self, alerts: list[Alert]) -> None:
-        for alert in alerts:  # one POST per alert, as Falco's http_output does
-            self.emit(alert)
 
     def _run(self) -> None:
         while True:

@@ -9,24 +9,20 @@ from __future__ import annotations
 import subprocess
 
 from detector.alerts import Alert
-from detector.outputs.base import Failures, Formatter
+from detector.outputs.base import Formatter, SinkBase
 
 _RUN_TIMEOUT_S = 10.0
 
 
-class ProgramSink:
+class ProgramSink(SinkBase):
     name = "program"
 
     def __init__(self, command: str, keep_alive: bool, fmt: Formatter) -> None:
         self._command = command
         self._keep_alive = keep_alive
         self._fmt = fmt
-        self._failures = Failures(f"program ({command})")
+        super().__init__(f"program ({command})")
         self._proc: subprocess.Popen[str] | None = None
-
-    @property
-    def failures(self) -> int:
-        return self._failures.count
 
     def _running(self) -> subprocess.Popen[str]:
         proc = self._proc

@@ -7,23 +7,16 @@ import sys
 from typing import TextIO
 
 from detector.alerts import Alert
-from detector.outputs.base import Failures, Formatter
+from detector.outputs.base import Formatter, SinkBase
 
 
-class StdoutSink:
+class StdoutSink(SinkBase):
     name = "stdout"
 
     def __init__(self, fmt: Formatter, stream: TextIO | None = None) -> None:
         self._fmt = fmt
         self._stream = stream if stream is not None else sys.stdout
-        self._failures = Failures(self.name)
-
-    @property
-    def failures(self) -> int:
-        return self._failures.count
-
-    def emit(self, alert: Alert) -> None:
-        self.emit_many([alert])
+        super().__init__(self.name)
 
     def emit_many(self, alerts: list[Alert]) -> None:
         fmt = self._fmt
