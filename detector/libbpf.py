@@ -18,8 +18,6 @@ c_int = ctypes.c_int
 c_uint32 = ctypes.c_uint32
 c_size_t = ctypes.c_size_t
 
-# int (*ring_buffer_sample_fn)(void *ctx, void *data, size_t size)
-RingBufferCallback = ctypes.CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t)
 # int (*libbpf_print_fn_t)(enum libbpf_print_level level, const char *fmt, va_list ap)
 # va_list cannot be formatted from Python; we only learn that libbpf spoke.
 PrintCallback = ctypes.CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
@@ -87,15 +85,12 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_map__name": (c_char_p, [c_void_p]),
     "bpf_map__fd": (c_int, [c_void_p]),
     "bpf_map__set_max_entries": (c_int, [c_void_p, c_uint32]),
+    "bpf_map__max_entries": (c_uint32, [c_void_p]),
     "bpf_map__initial_value": (c_void_p, [c_void_p, ctypes.POINTER(c_size_t)]),
     "bpf_map_update_elem": (c_int, [c_int, c_void_p, c_void_p, ctypes.c_uint64]),
     "bpf_map_lookup_elem": (c_int, [c_int, c_void_p, c_void_p]),
     "bpf_map_delete_elem": (c_int, [c_int, c_void_p]),
     "bpf_obj_get_info_by_fd": (c_int, [c_int, c_void_p, ctypes.POINTER(c_uint32)]),
-    "ring_buffer__new": (c_void_p, [c_int, RingBufferCallback, c_void_p, c_void_p]),
-    "ring_buffer__poll": (c_int, [c_void_p, c_int]),
-    "ring_buffer__consume": (c_int, [c_void_p]),
-    "ring_buffer__free": (None, [c_void_p]),
 }
 
 

@@ -1,13 +1,12 @@
 """Load, attach and poll podlock's BPF object through libbpf. The only module that
 touches libbpf; one cleanup path (`close`) undoes whatever `start` got to.
 
-    open -> set read-only data -> load -> attach -> ring buffer -> poll
+    open -> set read-only data -> load -> attach -> map the ring buffer -> poll
 """
 
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +14,12 @@ from pathlib import Path
 from detector import libbpf
 from detector.decode import CgroupC, LabelC
 from detector.events import Session
+from detector.ringbuf import RingReader
 
 DEFAULT_OBJECT = Path(__file__).parent / "bpf" / "podlock.bpf.o"
 BPF_ANY = 0
 BPF_NOEXIST = 1
+POLL_LIMIT = 4096  # records per poll: a backlog is handled (and its alerts written) in slices
 
 _SESSION_CODES = {Session.CONTAINER: 1, Session.EXEC: 2}
 
@@ -59,20 +60,9 @@ class Loader:
         self._obj: int | None = None
         self._links: list[int] = []
         self._progs: dict[str, int] = {}
-        self._ring: int | None = None
-        self._records: list[bytes] = []
+        self._ring: RingReader | None = None
         self._log: list[str] = []
-        # keep references: libbpf calls these after we return. The record callback is
-        # made once and copies each record out of the ring (it is reused after we return);
-        # a closure over the list, because it runs once per record.
-        records = self._records
-        append, string_at = records.append, ctypes.string_at
-
-        def collect(_ctx: int | None, data: int | None, size: int) -> int:
-            append(string_at(data or 0, size))
-            return 0
-
-        self._on_record = libbpf.RingBufferCallback(collect)
+        # keep a reference: libbpf calls it after we return
         self._on_print = libbpf.PrintCallback(self._print)
         self._fds: dict[str, int] = {}
         self._ncpus = _possible_cpus()
@@ -122,10 +112,12 @@ class Loader:
         for name in ("events", "procs", "containers", "drops"):
             m = lib.bpf_object__find_map_by_name(obj, name.encode())
             self._fds[name] = lib.bpf_map__fd(m)
-        ring_ptr = lib.ring_buffer__new(self._fds["events"], self._on_record, None, None)
-        if not ring_ptr:
-            raise LoaderError(f"cannot open the BPF ring buffer: {self._last_error()}")
-        self._ring = ring_ptr
+        # read through its mapping rather than libbpf's consumer: no C callback per record
+        events = lib.bpf_object__find_map_by_name(obj, b"events")
+        try:
+            self._ring = RingReader(self._fds["events"], lib.bpf_map__max_entries(events))
+        except (OSError, ValueError) as exc:
+            raise LoaderError(f"cannot map the BPF ring buffer: {exc}") from None
 
     def _set_rodata(self) -> None:
         lib = self._lib
@@ -150,7 +142,7 @@ class Loader:
     def close(self) -> None:
         lib = self._lib
         if self._ring is not None:
-            lib.ring_buffer__free(self._ring)
+            self._ring.close()
             self._ring = None
         for link in reversed(self._links):
             lib.bpf_link__destroy(link)
@@ -161,18 +153,12 @@ class Loader:
         self._fds.clear()
 
     # ---- polling -----------------------------------------------------------
-    def poll(self, timeout_ms: int) -> list[bytes]:
-        """Records that arrived within timeout_ms (empty on timeout or a signal)."""
+    def poll(self, timeout_ms: int, limit: int = POLL_LIMIT) -> list[bytes]:
+        """Up to `limit` records: those waiting now, else those that arrive within
+        timeout_ms (empty on timeout). File events may have been written without a
+        wake-up (see file_wakeup() in podlock.bpf.c): the timeout bounds their delay."""
         assert self._ring is not None, "poll() before start()"
-        rc = self._lib.ring_buffer__poll(self._ring, timeout_ms)
-        if rc < 0 and -rc != errno.EINTR:
-            raise LoaderError(f"polling the ring buffer failed: {os.strerror(-rc)}")
-        # poll() reads only a ring that woke it; file events may have been written without
-        # a wake-up (see file_wakeup() in podlock.bpf.c), so read what is there anyway
-        self._lib.ring_buffer__consume(self._ring)
-        out = self._records.copy()
-        self._records.clear()
-        return out
+        return self._ring.read(timeout_ms, limit)
 
     def drops(self) -> int:
         """Records the kernel could not put in the ring buffer, since load."""
