@@ -115,15 +115,20 @@ class Pipeline:
         """Poll once and handle what came; returns the wall-clock time it used."""
         records = self.loader.poll(timeout_ms)
         now = time.time_ns()
-        handle, process, pending = self.tracker.handle, self.engine.process, self._pending
+        tracker = self.tracker
+        file_record, handle = tracker.file_record, tracker.handle
+        process, pending = self.engine.process, self._pending
         log = self.events_log
         for record in records:
+            raw = None
             try:
-                raw = decode(record)
+                event: Event | None = file_record(record)  # the common kind, directly
+                if event is None:
+                    raw = decode(record)
+                    event = handle(raw)
             except DecodeError:
                 self.bad_records += 1
                 continue
-            event = handle(raw)
             if event is not None:
                 self.processed += 1
                 if log is not None:
@@ -134,10 +139,7 @@ class Pipeline:
                     pending += alerts
                     if len(pending) >= self.BATCH:
                         self._write()
-            elif (
-                isinstance(raw, RawCgroup)
-                and self.tracker.containers.get(raw.hdr.cgroup_id) is None
-            ):
+            elif isinstance(raw, RawCgroup) and tracker.containers.get(raw.hdr.cgroup_id) is None:
                 self.loader.forget_container(raw.hdr.cgroup_id)  # the kernel guessed wrong
         lost = self.loader.drops() + self.bad_records
         if lost > self.lost_seen:

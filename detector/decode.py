@@ -175,6 +175,15 @@ assert ctypes.sizeof(HdrC) == _HDR_SIZE
 assert FileEventC.target.offset == _FILE_TARGET
 assert ExecEventC.args.offset == _EXEC_ARGS
 
+# A file record's fixed part in one unpack, for the tracker's fast path (see
+# Tracker.file_record): time, kind, the header's process fields pid … comm as one bytes
+# key, result, flags, op, fs.
+FILE_HEAD = struct.Struct("<QI52siIBB")
+FILE_SIZE = ctypes.sizeof(FileEventC)
+FILE_PATH, FILE_TARGET = _FILE_PATH, _FILE_TARGET
+FILE_OPS, FILE_FS = _OPS, _FS
+assert HdrC.pid.offset == 12 and FileEventC.fs.offset == FILE_HEAD.size - 1
+
 _SIZES = {
     KIND_FILE: ctypes.sizeof(FileEventC),
     KIND_EXEC: ctypes.sizeof(ExecEventC),
@@ -187,7 +196,7 @@ def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-def _cstr(data: bytes, start: int, size: int) -> str:
+def cstr(data: bytes, start: int, size: int) -> str:
     """The NUL-terminated string in data[start:start+size]."""
     end = data.find(b"\0", start, start + size)
     return data[start : end if end >= 0 else start + size].decode("utf-8", "surrogateescape")
@@ -241,9 +250,9 @@ def decode(data: bytes) -> Raw:
             _FS.get(fs_code, FsKind.UNKNOWN),
             result,
             flags,
-            _cstr(data, _FILE_PATH, PATH_LEN),
+            cstr(data, _FILE_PATH, PATH_LEN),
             # most operations have no second path: skip the search when it is empty
-            _cstr(data, _FILE_TARGET, PATH_LEN) if data[_FILE_TARGET] else "",
+            cstr(data, _FILE_TARGET, PATH_LEN) if data[_FILE_TARGET] else "",
         )
     if kind == KIND_EXEC:
         origin, args_len = _EXEC.unpack_from(data, _HDR_SIZE)
@@ -251,9 +260,9 @@ def decode(data: bytes) -> Raw:
         return RawExec(
             _header(data),
             _ORIGINS.get(origin, ExecOrigin.UNKNOWN),
-            _cstr(data, _EXEC_PATH, PATH_LEN),
+            cstr(data, _EXEC_PATH, PATH_LEN),
             split_args(data[_EXEC_ARGS : _EXEC_ARGS + args_len]),
         )
     if kind == KIND_EXIT:
         return RawExit(_header(data), _EXIT.unpack_from(data, _HDR_SIZE)[0])
-    return RawCgroup(_header(data), _cstr(data, _HDR_SIZE, PATH_LEN))
+    return RawCgroup(_header(data), cstr(data, _HDR_SIZE, PATH_LEN))

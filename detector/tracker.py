@@ -14,7 +14,24 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from detector.cgroups import ContainerRef, parse_cgroup_path
-from detector.decode import Raw, RawCgroup, RawExec, RawExit, RawFile, RawHeader
+from detector.decode import (
+    FILE_FS,
+    FILE_HEAD,
+    FILE_OPS,
+    FILE_PATH,
+    FILE_SIZE,
+    FILE_TARGET,
+    KIND_FILE,
+    PATH_LEN,
+    Raw,
+    RawCgroup,
+    RawExec,
+    RawExit,
+    RawFile,
+    RawHeader,
+    cstr,
+    decode,
+)
 from detector.events import (
     Event,
     ExecEvent,
@@ -55,15 +72,18 @@ class Tracker:
     # from one process builds its Process once. Dropped when what it reads changes
     # (the process's exec/exit, container records).
     _proc_cache: dict[int, tuple[tuple[object, ...], Process]] = field(default_factory=dict)
+    # the same, keyed by the record's raw header bytes (see file_record); emptied whenever
+    # _proc_cache loses anything
+    _by_record: dict[bytes, Process] = field(default_factory=dict)
 
     # ---- seeding ---------------------------------------------------------
     def add_container(self, cgroup_id: int, ref: ContainerRef | None) -> None:
         self.containers[cgroup_id] = ref
-        self._proc_cache.clear()
+        self._forget()
 
     def add_process(self, pid: int, cgroup_id: int, info: ProcInfo) -> None:
         self.procs[pid] = info
-        self._proc_cache.pop(pid, None)
+        self._forget(pid)
         self._remember_pid(cgroup_id, pid)
 
     # ---- records -----------------------------------------------------------
@@ -73,16 +93,56 @@ class Tracker:
             self.containers[cgroup_id] = parse_cgroup_path(path) if path else None
         return self.containers[cgroup_id]
 
+    def file_record(self, data: bytes) -> FileEvent | None:
+        """The event for a file record, straight from its bytes: the storm path, without
+        the intermediate RawFile/RawHeader values for a process seen before. None when
+        `data` is not a file record (decode() and handle() take it); raises DecodeError
+        for a malformed one, as decode() does."""
+        if len(data) < FILE_SIZE:
+            return None
+        time_ns, kind, key, result, flags, op_code, fs_code = FILE_HEAD.unpack_from(data)
+        if kind != KIND_FILE:
+            return None
+        proc = self._by_record.get(key)
+        op = FILE_OPS.get(op_code)
+        if proc is None or op is None:  # first record of this process, or a bad one
+            raw = decode(data)
+            assert isinstance(raw, RawFile)
+            event = self._file(raw, time_ns + self.boot_to_wall_ns)
+            if len(self._by_record) >= 4096:
+                self._by_record.clear()
+            self._by_record[key] = event.proc
+            return event
+        path = normalise(cstr(data, FILE_PATH, PATH_LEN))
+        target = ""
+        if data[FILE_TARGET]:  # most operations have no second path
+            target = cstr(data, FILE_TARGET, PATH_LEN)
+            if target.startswith("/"):
+                target = normalise(target)
+        fs = FILE_FS.get(fs_code, FsKind.UNKNOWN)
+        if fs is FsKind.UNKNOWN:
+            fs = self._classify(proc.pid, proc.cgroup_id, path)
+        return FileEvent(
+            time_ns + self.boot_to_wall_ns,
+            proc,
+            op,
+            path,
+            target,
+            fs,
+            result if result < 0 else 0,
+            flags,
+        )
+
     def handle(self, raw: Raw) -> Event | None:
         """The event for one record; None for bookkeeping records (cgroups)."""
         if isinstance(raw, RawFile):  # the common case first
             return self._file(raw, raw.hdr.time_ns + self.boot_to_wall_ns)
         if isinstance(raw, RawCgroup):
             self.containers[raw.hdr.cgroup_id] = parse_cgroup_path(raw.path)
-            self._proc_cache.clear()
+            self._forget()
             return None
         time_ns = raw.hdr.time_ns + self.boot_to_wall_ns
-        self._proc_cache.pop(raw.hdr.pid, None)
+        self._forget(raw.hdr.pid)
         if isinstance(raw, RawExec):
             info = ProcInfo(exepath=raw.exepath, cmdline=raw.argv)
             self.procs[raw.hdr.pid] = info
@@ -94,7 +154,7 @@ class Tracker:
             pids = self.mount_pids.get(raw.hdr.cgroup_id)
             if pids and raw.hdr.pid in pids and len(pids) > 1:
                 pids.remove(raw.hdr.pid)
-            self._proc_cache.pop(raw.hdr.pid, None)
+            self._forget(raw.hdr.pid)
             return event
         return None
 
@@ -105,7 +165,7 @@ class Tracker:
             target = normalise(target)
         fs = raw.fs
         if fs is FsKind.UNKNOWN:
-            fs = self._classify(raw.hdr, path)
+            fs = self._classify(raw.hdr.pid, raw.hdr.cgroup_id, path)
         return FileEvent(
             time_ns,
             self._process(raw.hdr),
@@ -116,6 +176,14 @@ class Tracker:
             raw.result if raw.result < 0 else 0,
             raw.flags,
         )
+
+    def _forget(self, pid: int | None = None) -> None:
+        """Drop reused Process values: one process's, or all (None)."""
+        if pid is None:
+            self._proc_cache.clear()
+        else:
+            self._proc_cache.pop(pid, None)
+        self._by_record.clear()
 
     def _process(self, hdr: RawHeader) -> Process:
         key = hdr[1:]  # everything but the time
@@ -151,14 +219,14 @@ class Tracker:
             pids.append(pid)
             del pids[:-4]  # a few candidates are enough: any live one will do
 
-    def _classify(self, hdr: RawHeader, path: str) -> FsKind:
-        table = self.mounts.get(hdr.cgroup_id)
+    def _classify(self, pid: int, cgroup_id: int, path: str) -> FsKind:
+        table = self.mounts.get(cgroup_id)
         if table is None:
-            for pid in [hdr.pid, *reversed(self.mount_pids.get(hdr.cgroup_id, []))]:
-                found = self.host.mount_points(pid)
+            for candidate in [pid, *reversed(self.mount_pids.get(cgroup_id, []))]:
+                found = self.host.mount_points(candidate)
                 if found:
                     table = found
-                    self.mounts[hdr.cgroup_id] = table
+                    self.mounts[cgroup_id] = table
                     break
         if not table:
             return FsKind.UNKNOWN

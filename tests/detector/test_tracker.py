@@ -3,11 +3,12 @@ and the start-up labelling of processes that already ran."""
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 
 import pytest
 
-from detector.decode import RawCgroup, RawExec, RawExit, RawFile, RawHeader
+from detector.decode import DecodeError, RawCgroup, RawExec, RawExit, RawFile, RawHeader, decode
 from detector.events import ExecEvent, ExecOrigin, FileEvent, FileOp, FsKind, Session
 from detector.procscan import _Proc, label_processes
 from detector.tracker import ProcInfo, Tracker, classify_path, normalise, parse_mountinfo
@@ -164,3 +165,69 @@ def test_label_processes(
 ) -> None:
     got = {p.pid: (p.session, p.session_id) for p in label_processes(procs, pidns_of)}
     assert got == expected
+
+
+def file_bytes(
+    op: int = 1, fs: int = 1, p: str = "/etc/x", target: str = "", pid: int = 10
+) -> bytes:
+    """A file record as the kernel writes it (header of hdr(pid), 592 bytes)."""
+    head = struct.pack("<QIIIIIIQIB3x16s", 1_000, 1, pid, 3, 9, 0, 0, CG, 10, 2, b"sh")
+    body = struct.pack("<iIBB6x", 3, 0o101, op, fs)
+    return head + body + p.encode().ljust(256, b"\0") + target.encode().ljust(256, b"\0")
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        file_bytes(),
+        file_bytes(op=2, fs=0, p="/vol/./a", target="/vol//b"),  # classified from the mounts
+        file_bytes(op=6, fs=0, p="/etc/l", target="relative/target"),  # symlink text kept
+        file_bytes(op=1, fs=2, p="/x"),
+    ],
+    ids=["open-rootfs", "rename-unknown-fs", "symlink", "volume"],
+)
+def test_file_record_fast_path_equals_decode_then_handle(record: bytes) -> None:
+    host = FakeHost(mounts={10: MOUNTS})
+    slow = Tracker(host=host, boot_to_wall_ns=5).handle(decode(record))
+    fast = Tracker(host=host, boot_to_wall_ns=5)
+    first, second = fast.file_record(record), fast.file_record(record)  # miss, then hit
+    assert first == slow and second == slow
+    assert first is not None and second is not None and second.proc is first.proc
+
+
+@pytest.mark.parametrize(
+    ("between", "cmdline", "container_id"),
+    [
+        (RawExec(hdr(), ExecOrigin.UPPER, "/tmp/t", ("t", "-v")), ("t", "-v"), ""),
+        (RawExit(hdr(), 0), (), ""),
+        (RawCgroup(hdr(session=None), f"/docker/{ID}"), ("sh", "-c", "x"), ID),
+    ],
+    ids=["exec", "exit", "cgroup"],
+)
+def test_file_record_process_follows_exec_exit_and_cgroup_records(
+    between: RawExec | RawExit | RawCgroup, cmdline: tuple[str, ...], container_id: str
+) -> None:
+    t = Tracker(host=FakeHost(), boot_to_wall_ns=0)
+    t.handle(RawExec(hdr(), ExecOrigin.IMAGE, "/bin/busybox", ("sh", "-c", "x")))
+    first = t.file_record(file_bytes())
+    t.handle(between)
+    second = t.file_record(file_bytes())
+    assert first is not None and second is not None
+    assert first.proc.cmdline == ("sh", "-c", "x")
+    assert (second.proc.cmdline, second.proc.container_id) == (cmdline, container_id)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [file_bytes()[:100], struct.pack("<QI", 1, 3).ljust(600, b"\0")],
+    ids=["short", "exit-kind"],
+)
+def test_file_record_leaves_other_records_to_decode(record: bytes) -> None:
+    assert Tracker(host=FakeHost(), boot_to_wall_ns=0).file_record(record) is None
+
+
+def test_file_record_with_an_unknown_operation_is_a_decode_error() -> None:
+    t = Tracker(host=FakeHost(), boot_to_wall_ns=0)
+    t.file_record(file_bytes())  # the process is known: the fast path would be taken
+    with pytest.raises(DecodeError, match="unknown file operation 99"):
+        t.file_record(file_bytes(op=99))
