@@ -62,7 +62,7 @@ class Alert(NamedTuple):
 
     def to_text(self) -> str:
         """Falco's text line: `HH:MM:SS.nnnnnnnnn: Priority output` (UTC)."""
-        return f"{clock_time(self.time_ns)}: {self.priority.value} {self.output}"
+        return f"{clock_time(self.time_ns)}: {self.priority._value_} {self.output}"
 
     def to_dict(self) -> dict[str, object]:
         """Falco's JSON alert shape; `output` carries the full text line as Falco's does."""
@@ -84,16 +84,18 @@ class Alert(NamedTuple):
     def to_json_bytes(self) -> bytes:
         """One line of UTF-8 JSON, no trailing newline (orjson: ~10x json's speed)."""
         fields = self.output_fields
+        day, clock, nanos = _stamp(self.time_ns)  # both time forms from one split
+        priority = self.priority._value_
         body = {
             "hostname": self.hostname,
-            "output": self.to_text(),
+            "output": f"{clock}.{nanos}: {priority} {self.output}",
             # serialised as it is: no copy (to_dict's is for callers that keep it)
             "output_fields": fields if type(fields) is dict else dict(fields),
-            "priority": self.priority._value_,
+            "priority": priority,
             "rule": self.rule,
             "source": "podlock",
             "tags": self.tags,
-            "time": rfc3339_nanos(self.time_ns),
+            "time": f"{day}T{clock}.{nanos}Z",
         }
         try:
             return orjson.dumps(body)
@@ -106,6 +108,21 @@ class Alert(NamedTuple):
 @functools.lru_cache(maxsize=4)
 def _utc_second(secs: int, fmt: str) -> str:
     return time.strftime(fmt, time.gmtime(secs))
+
+
+_last_stamp: list[tuple[int, str, str]] = [(-1, "", "")]  # (second, date, clock)
+
+
+def _stamp(time_ns: int) -> tuple[str, str, str]:
+    """(`YYYY-MM-DD`, `HH:MM:SS`, nine-digit nanoseconds) in UTC; the last second's
+    strings are kept, as alerts come in bursts within one second."""
+    secs, nanos = divmod(time_ns, 1_000_000_000)
+    last = _last_stamp[0]
+    if last[0] != secs:
+        day, _, clock = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(secs)).partition(" ")
+        last = (secs, day, clock)
+        _last_stamp[0] = last
+    return last[1], last[2], f"{nanos:09d}"
 
 
 def rfc3339_nanos(time_ns: int) -> str:

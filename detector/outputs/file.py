@@ -31,8 +31,9 @@ class FileSink(SinkBase):
             handle.close()
 
     def emit_many(self, alerts: list[Alert]) -> None:
-        fmt = self._fmt
-        line = "".join([fmt(a) + "\n" for a in alerts])
+        if not alerts:
+            return
+        line = "\n".join(map(self._fmt, alerts)) + "\n"
         try:
             if self._handle is not None:
                 self._handle.write(line)

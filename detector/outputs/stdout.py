@@ -19,9 +19,10 @@ class StdoutSink(SinkBase):
         super().__init__(self.name)
 
     def emit_many(self, alerts: list[Alert]) -> None:
-        fmt = self._fmt
+        if not alerts:
+            return
         try:
-            self._stream.write("".join([fmt(a) + "\n" for a in alerts]))
+            self._stream.write("\n".join(map(self._fmt, alerts)) + "\n")
             self._stream.flush()
         except (OSError, ValueError) as err:  # closed pipe or stream
             for _ in alerts:
