@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 from detector.alerts import Alert, FieldValue, Priority, format_value
+from detector.condition.ast import And, BCompare, BExists, Node, Not, Or
 from detector.condition.compiler import Pred, compile_condition, extractor
 from detector.config import DetectorSettings, RateLimit
 from detector.events import (
@@ -69,6 +70,37 @@ class _Compiled:
     proc_keys: tuple[str, ...] = ()
     proc_getters: tuple[Extract, ...] = ()
     memo: dict[int, _ProcMemo] = field(default_factory=dict)
+    # the condition's conjuncts that read only per-process fields; None: there are none.
+    # Decided once per process (see Engine._rules_for), not per event.
+    proc_pred: Pred | None = None
+
+
+@dataclass(slots=True)
+class _ProcRules:
+    """For one process: the rules of each event type whose per-process part of the
+    condition holds (valid while the engine state and the metadata are the same)."""
+
+    proc: Process
+    state: int
+    meta: ContainerMeta | None
+    lists: dict[int, tuple[_Compiled, ...]]  # id(the type's rule list) -> those rules
+
+
+def _conjuncts(node: Node) -> list[Node]:
+    if isinstance(node, And):
+        return [leaf for item in node.items for leaf in _conjuncts(item)]
+    return [node]
+
+
+def _per_process(node: Node) -> bool:
+    """True when the node reads no field that can change between a process's events."""
+    if isinstance(node, BCompare | BExists):
+        return node.field.name in PER_PROCESS_FIELDS
+    if isinstance(node, And | Or):
+        return all(_per_process(item) for item in node.items)
+    if isinstance(node, Not):
+        return _per_process(node.item)
+    return True  # a constant
 
 
 @dataclass(slots=True)
@@ -139,6 +171,7 @@ class Engine:
                 rate_limit.rate, rate_limit.max_burst, int(rate_limit.summary_interval_s * 1e9)
             )
         self._groups: dict[tuple[str, str, int], _Group] = {}
+        self._proc_rules: dict[int, _ProcRules] = {}  # by id(Process), see _rules_for
         self._next_check_ns = 0
         self.rules = tuple(r for r in rules.enabled if r.priority.at_least(min_priority))
         self.warnings = list(rules.warnings)
@@ -175,12 +208,19 @@ class Engine:
     def _compile_for(self, evt_type: str) -> tuple[_Compiled, ...]:
         out = []
         for rule in self.rules:
-            pred = compile_condition(rule.condition, evt_type, self)
-            if pred is False:
+            # split a conjunction: the per-process part is evaluated once per process
+            terms = _conjuncts(rule.condition)
+            proc_pred = compile_condition(
+                And(tuple(n for n in terms if _per_process(n))), evt_type, self
+            )
+            pred = compile_condition(
+                And(tuple(n for n in terms if not _per_process(n))), evt_type, self
+            )
+            if pred is False or proc_pred is False:
                 continue
             fixed: dict[str, FieldValue] = {}
             dynamic: list[tuple[str, Extract]] = []
-            per_proc: list[tuple[str, Extract]] = []
+            per_proc_out: list[tuple[str, Extract]] = []
             for key, name, arg in rule.output_refs:
                 fdef = FIELDS[name]
                 if fdef.output_only:
@@ -190,7 +230,7 @@ class Engine:
                 if isinstance(get, Fixed):
                     fixed[key] = get.value
                 elif name in PER_PROCESS_FIELDS:
-                    per_proc.append((key, get))
+                    per_proc_out.append((key, get))
                 else:
                     dynamic.append((key, get))
             parts = tuple(
@@ -208,8 +248,9 @@ class Engine:
                 parts,
                 template="".join("%s" if f else t.replace("%", "%%") for f, t in parts),
                 out_keys=tuple(t for f, t in parts if f),
-                proc_keys=tuple(k for k, _ in per_proc),
-                proc_getters=tuple(g for _, g in per_proc),
+                proc_keys=tuple(k for k, _ in per_proc_out),
+                proc_getters=tuple(g for _, g in per_proc_out),
+                proc_pred=None if proc_pred is True else proc_pred,
             )
             agg = rule.aggregate
             if agg is not None:
@@ -284,7 +325,7 @@ class Engine:
         self._num += 1
         self.events += 1
         out: list[Alert] = []
-        for c in rules:
+        for c in self._rules_for(rules, event):
             if c.pred is None or c.pred(event):
                 if c.collect is not None:
                     self._fold(c, event, now_ns)
@@ -299,6 +340,24 @@ class Engine:
         if now_ns >= self._next_check_ns:
             out.extend(self._expire(now_ns))
         return out
+
+    def _rules_for(self, rules: tuple[_Compiled, ...], event: Any) -> tuple[_Compiled, ...]:
+        """The rules whose per-process conditions the event's process meets, decided on
+        its first event and reused for the next ones (a storm is one process's events)."""
+        proc = event.proc
+        meta = self.meta(proc.container_id)
+        # keyed by identity: the tracker hands out one Process value per process
+        hit = self._proc_rules.get(id(proc))
+        if hit is None or hit.proc is not proc or hit.state != self._state or hit.meta is not meta:
+            if len(self._proc_rules) >= 1024:
+                self._proc_rules.clear()
+            hit = self._proc_rules[id(proc)] = _ProcRules(proc, self._state, meta, {})
+        met = hit.lists.get(id(rules))
+        if met is None:
+            # only per-process fields are read: the event stands for its process here
+            met = tuple(c for c in rules if c.proc_pred is None or c.proc_pred(event))
+            hit.lists[id(rules)] = met
+        return met
 
     def flush(self, now_ns: int) -> list[Alert]:
         """Emit what is due by time: idle aggregates, held-back alerts, lost events."""

@@ -139,3 +139,15 @@ def test_per_process_fields_follow_new_metadata_for_the_same_process_value() -> 
     assert before.output_fields["k8s.pod.name"] is None
     assert after.output_fields["k8s.pod.name"] == META.pod_name
     assert META.pod_name in after.output and "k8s_pod=<NA>" in before.output
+
+
+def test_per_process_conditions_follow_new_metadata_for_the_same_process_value() -> None:
+    meta = StaticMeta({})
+    eng = engine(meta=meta)
+    probe = exec_proc(300, comm="cat", cmdline=("cat", "/tmp/healthy"))
+    eng.process(exec_(probe), T0)
+    before = [a.rule for a in eng.process(write(probe, "/etc/a"), T0 + 1)]
+    meta.metas[CID] = META  # the pod became known: this session is its liveness probe
+    after = [a.rule for a in eng.process(write(probe, "/etc/b"), T0 + 2)]
+    assert before == ["Write to container root filesystem in exec session"]
+    assert after == []
