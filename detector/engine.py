@@ -112,6 +112,7 @@ class _ProcMemo:
     state: int
     meta: ContainerMeta | None
     values: dict[str, FieldValue]
+    base: dict[str, FieldValue]  # the rule's fixed fields and these values, merged once
     template: str  # the rest of the fields as %s
     keys: tuple[str, ...]  # ... these
 
@@ -395,7 +396,8 @@ class Engine:
             else:
                 template.append("%s")
                 keys.append(text)
-        memo = _ProcMemo(proc, self._state, meta, values, "".join(template), tuple(keys))
+        base = c.fixed | values
+        memo = _ProcMemo(proc, self._state, meta, values, base, "".join(template), tuple(keys))
         if len(c.memo) >= 1024:
             c.memo.clear()
         c.memo[id(proc)] = memo
@@ -404,11 +406,12 @@ class Engine:
     def _extract(
         self, c: _Compiled, event: Any, memo: _ProcMemo | None = None
     ) -> dict[str, FieldValue]:
-        fields = c.fixed.copy()
         if c.proc_getters:
             memo = memo or self._proc_memo(c, event)
             assert memo is not None
-            fields.update(memo.values)
+            fields = memo.base.copy()
+        else:
+            fields = c.fixed.copy()
         fields.update(zip(c.dynamic_keys, [get(event) for get in c.dynamic_getters], strict=True))
         return fields
 
