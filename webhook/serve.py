@@ -12,6 +12,9 @@ Why these gunicorn settings:
   rotation on disk.
 - The app is built once in the master (`preload_app`) and forked, so a bad policy file or
   certificate stops the server at start, with one line, before any worker runs.
+- Each worker accepts on its own SO_REUSEPORT socket (see `PerWorkerListeners`), so the kernel
+  spreads keep-alive connections over the workers instead of the first worker to wake taking
+  them all.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import glob
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Callable
@@ -52,6 +56,55 @@ class _Server(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type 
 
     def load(self) -> Callable[..., Any]:
         return self._app
+
+
+class PerWorkerListeners:
+    """gunicorn hooks giving every worker its own listening socket on the bound address.
+
+    With one shared listener, whichever worker wakes first accepts; a client that opens its
+    keep-alive connections in a burst (the API server, a load tool) can land them all on one
+    worker, which then runs at 100% of a core, with its threads fighting over the GIL, while
+    the others idle. With SO_REUSEPORT the kernel hashes each new connection to one of the
+    workers' sockets. The master's own socket is closed once the address is known (a
+    listening socket nobody accepts on would swallow its share of connections); a worker that
+    exits resets the connections still waiting in its accept queue, as with nginx `reuseport`.
+    """
+
+    def __init__(self) -> None:
+        self._addresses: list[tuple[socket.AddressFamily, Any, int]] = []
+
+    def when_ready(self, arbiter: Any) -> None:  # in the master, before any worker is forked
+        self._addresses = [_listening_address(lnr.sock) for lnr in arbiter.LISTENERS]
+        for lnr in arbiter.LISTENERS:
+            lnr.close()
+        arbiter.LISTENERS = []  # what gunicorn hands to new workers, and closes at exit
+
+    def post_fork(self, arbiter: Any, worker: Any) -> None:  # in the new worker
+        worker.sockets = [_listen(*address, arbiter.cfg.backlog) for address in self._addresses]
+
+    def hooks(self) -> dict[str, Any]:
+        return {"when_ready": self.when_ready, "post_fork": self.post_fork}
+
+
+def _listening_address(sock: socket.socket) -> tuple[socket.AddressFamily, Any, int]:
+    v6only = 0
+    if sock.family == socket.AF_INET6:
+        v6only = sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+    return sock.family, sock.getsockname(), v6only
+
+
+def _listen(family: socket.AddressFamily, address: Any, v6only: int, backlog: int) -> Any:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    # Accepted sockets inherit this. gunicorn writes the headers and the body of a response
+    # separately: with Nagle the body would wait for the client's delayed ACK (~40 ms).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+    sock.bind(address)
+    sock.listen(backlog)
+    return sock
 
 
 def _fail(message: str) -> int:
@@ -153,6 +206,7 @@ def _serve(
         "keyfile": key,
         "ssl_context": ssl_context,
         "child_exit": child_exit,
+        **PerWorkerListeners().hooks(),
         "preload_app": True,
         "accesslog": None,  # one line per admission call is the API server's audit log's job
         "errorlog": "-",

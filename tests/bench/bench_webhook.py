@@ -64,6 +64,7 @@ def canned_server(port: int, cert: str, key: str, answer_file: str) -> None:
     from flask import Flask, Response, request
     from gunicorn.app.base import BaseApplication
 
+    from webhook.serve import PerWorkerListeners
     from webhook.tls import ReloadingContext
 
     answer = Path(answer_file).read_bytes()
@@ -90,6 +91,7 @@ def canned_server(port: int, cert: str, key: str, answer_file: str) -> None:
                 "preload_app": True,
                 "accesslog": None,
                 "loglevel": "warning",
+                **PerWorkerListeners().hooks(),  # spread connections as podlock serve does
             }.items():
                 self.cfg.set(k, v)
 
