@@ -22,9 +22,8 @@ BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
 HDR_SIZE = 8
 _LEN_MASK = DISCARD_BIT - 1
-# native formats: the kernel writes these words in host order, and a native unpack is a
-# single aligned load (the standard "<Q" assembles bytes one by one and could tear)
-_U64 = struct.Struct("Q")
+# native format: the kernel writes the length word in host order, and a native unpack is
+# a single aligned load (the standard "<I" assembles bytes one by one and could tear)
 _U32 = struct.Struct("I")
 
 
@@ -77,18 +76,22 @@ class RingReader:
             self._cons_page.close()
             raise
         self._base = page  # the data area's offset in _prod
+        # the positions as 64-bit words: an item read or store through a memoryview is one
+        # aligned access. (struct.pack_into zeroes its target before writing: the kernel
+        # could read a consumer position of 0 in between, think the ring full and drop.)
+        self._cons = memoryview(self._cons_page).cast("Q")
+        self._prod_pos = memoryview(self._prod)[:8].cast("Q")
         self._epoll = select.epoll()
         self._epoll.register(map_fd, select.EPOLLIN)
 
     def _take(self, limit: int, out: list[bytes]) -> None:
-        cons_page = self._cons_page
-        cons = _U64.unpack_from(cons_page, 0)[0]
-        prod = _U64.unpack_from(self._prod, 0)[0]
+        cons = self._cons[0]
+        prod = self._prod_pos[0]
         if cons < prod:
             new = take_records(self._prod, self._base, cons, prod, self._mask, limit, out)
             if new != cons:
                 # the records are copied out: their space goes back to the kernel now
-                _U64.pack_into(cons_page, 0, new)
+                self._cons[0] = new
 
     def read(self, timeout_ms: int, limit: int) -> list[bytes]:
         """Up to `limit` records; waits up to timeout_ms only when none is ready."""
@@ -101,5 +104,7 @@ class RingReader:
 
     def close(self) -> None:
         self._epoll.close()
+        self._cons.release()
+        self._prod_pos.release()
         self._prod.close()
         self._cons_page.close()
