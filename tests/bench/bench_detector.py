@@ -405,11 +405,11 @@ def main() -> int:
                     *((f"backlog {i + 1}", b) for i, b in enumerate(backlogs)),
                 )
             ),
-            f"| events processed per second, backlog (first to last), median of "
-            f"{BACKLOG_RUNS} (range) | {backlog.rate:,.0f} ({backlogs[0].rate:,.0f} to "
-            f"{backlogs[-1].rate:,.0f}) | ≥ 50,000 |",
-            f"| events processed per second, live (first to last; bounded by the producer) "
-            f"| {live.rate:,.0f} | |",
+            "| events processed per second, backlog (consumer let go → last storm alert "
+            f"written), median of {BACKLOG_RUNS} (range) | {backlog.rate:,.0f} "
+            f"({backlogs[0].rate:,.0f} to {backlogs[-1].rate:,.0f}) | ≥ 50,000 |",
+            "| events processed per second, live (first event handled → last storm alert "
+            f"written; bounded by the producer) | {live.rate:,.0f} | |",
             f"| consumer capacity (events per CPU-second of the agent), live / backlog "
             f"| {live.capacity:,.0f} / {backlog.capacity:,.0f} | |",
             f"| syscall → alert written, live, p50 / p99 | {p50:.1f} ms / {p99:.1f} ms "
@@ -428,7 +428,7 @@ def main() -> int:
             *(f"- {v}" for v in verdicts),
             f"- (c) every event delivered or counted lost: "
             f"{_yes(all(r.events + r.drops >= STORM_FILES for r in (live, *backlogs)))}",
-            f"- (c) ≥ 50,000 events/s processed (backlog median, first to last): "
+            f"- (c) ≥ 50,000 events/s processed (backlog median): "
             f"{_yes(backlog.rate >= 50_000)} ({backlog.rate:,.0f}/s)",
             f"- (c) p99 syscall → alert written ≤ 100 ms (live): {_yes(p99 <= 100)} ({p99:.1f} ms)",
             f"- (c) RSS ≤ 100 MiB: {_yes(rss_mib <= 100)} ({rss_mib:.1f} MiB)",
