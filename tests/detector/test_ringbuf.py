@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from detector.ringbuf import BUSY_BIT, DISCARD_BIT, record_span, take_records
+from detector.ringbuf import BUSY_BIT, DISCARD_BIT, RingReader, record_span, take_records
 
 SIZE = 64  # a tiny ring: records wrap quickly
 MASK = SIZE - 1
@@ -72,3 +72,9 @@ def test_take_records_with_nothing_new_returns_the_same_position() -> None:
     out: list[bytes] = []
     assert take_records(data, 0, prod, prod, MASK, 10, out) == prod
     assert out == []
+
+
+@pytest.mark.parametrize("size", [0, -4096, 3 * 4096])
+def test_reader_refuses_a_size_that_is_not_a_power_of_two(size: int) -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        RingReader(-1, size)  # refused before the fd is touched
