@@ -8,6 +8,10 @@ one contiguous range. Each record has an 8-byte header: a u32 length with two fl
 bits (BUSY: reserved, not yet submitted; DISCARD: skip it), then a u32 page offset
 only the kernel uses. Records are padded to 8 bytes.
 
+Ordering: the kernel publishes a record's header and the producer position with release
+stores; Python has no acquire load, so this relies on x86's ordered loads (the machines
+podlock runs on). An arm64 port needs a barrier here (libbpf uses smp_load_acquire).
+
 `take_records` is the pure part (bytes-like in, copies out); `RingReader` owns the
 mappings and the epoll on the map fd (the kernel wakes its pollers).
 """
