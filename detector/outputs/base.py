@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import logging
 from collections.abc import Callable
 from typing import Protocol
@@ -11,6 +12,24 @@ from detector.alerts import Alert
 log = logging.getLogger("podlock.detector.outputs")
 
 Formatter = Callable[[Alert], str]  # one line, no newline
+
+# The codec error handler every text sink writes with. Paths that are not UTF-8 reach us as
+# surrogate escapes (decode's "surrogateescape"); a strict encoder would refuse the whole
+# batch, so a file name chosen for it could hide alerts. This writes each such byte as \xNN.
+ESCAPE_BYTES = "podlock-escape-bytes"
+
+
+def _escape_bytes(err: UnicodeError) -> tuple[str, int]:
+    if not isinstance(err, UnicodeEncodeError):
+        raise err
+    chunk = err.object[err.start : err.end]
+    return "".join(
+        f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else f"\\u{ord(c):04x}"
+        for c in chunk
+    ), err.end
+
+
+codecs.register_error(ESCAPE_BYTES, _escape_bytes)
 
 
 def text_line(alert: Alert) -> str:

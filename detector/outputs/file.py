@@ -8,7 +8,7 @@ from typing import TextIO
 
 from detector.alerts import Alert
 from detector.errors import ConfigError
-from detector.outputs.base import Formatter, SinkBase
+from detector.outputs.base import ESCAPE_BYTES, Formatter, SinkBase
 
 
 class FileSink(SinkBase):
@@ -20,7 +20,7 @@ class FileSink(SinkBase):
         super().__init__(f"file ({path})")
         self._handle: TextIO | None = None
         try:  # fail at start-up, with the key named, rather than on the first alert
-            handle = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            handle = open(path, "a", buffering=1, encoding="utf-8", errors=ESCAPE_BYTES)  # noqa: SIM115
         except OSError as err:
             raise ConfigError(
                 f"file_output.filename: cannot open {path} for appending: {err.strerror}"
@@ -38,7 +38,7 @@ class FileSink(SinkBase):
             if self._handle is not None:
                 self._handle.write(line)
             else:
-                with open(self._path, "a", encoding="utf-8") as handle:
+                with open(self._path, "a", encoding="utf-8", errors=ESCAPE_BYTES) as handle:
                     handle.write(line)
         except OSError as err:
             for _ in alerts:

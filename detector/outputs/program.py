@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 
 from detector.alerts import Alert
-from detector.outputs.base import Formatter, SinkBase
+from detector.outputs.base import ESCAPE_BYTES, Formatter, SinkBase
 
 _RUN_TIMEOUT_S = 10.0
 
@@ -35,6 +35,8 @@ class ProgramSink(SinkBase):
                 ["/bin/sh", "-c", self._command],
                 stdin=subprocess.PIPE,
                 text=True,
+                encoding="utf-8",
+                errors=ESCAPE_BYTES,
                 bufsize=1,
             )
             self._proc = proc

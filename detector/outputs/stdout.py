@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import sys
 from typing import TextIO
 
 from detector.alerts import Alert
-from detector.outputs.base import Formatter, SinkBase
+from detector.outputs.base import ESCAPE_BYTES, Formatter, SinkBase
 
 
 class StdoutSink(SinkBase):
@@ -16,6 +17,8 @@ class StdoutSink(SinkBase):
     def __init__(self, fmt: Formatter, stream: TextIO | None = None) -> None:
         self._fmt = fmt
         self._stream = stream if stream is not None else sys.stdout
+        if isinstance(self._stream, io.TextIOWrapper):
+            self._stream.reconfigure(errors=ESCAPE_BYTES)
         super().__init__(self.name)
 
     def emit_many(self, alerts: list[Alert]) -> None:

@@ -230,3 +230,55 @@ def test_stdout_batch_and_closed_stream() -> None:
     sink = StdoutSink(text_line, buf)
     sink.emit_many([alert(1), alert(2)])
     assert sink.failures == 2
+
+
+def _not_utf8(n: int) -> Alert:
+    """A path that is not UTF-8, as decode() keeps it: surrogate escapes (b"\\xff" -> \\udcff)."""
+    path = b"/etc/ev\xffil".decode("utf-8", "surrogateescape")
+    return alert(n)._replace(output=f"write {path}", output_fields={"fd.name": path})
+
+
+def _batch() -> list[Alert]:
+    # the odd alert sits between two ordinary ones: none of the three may be lost
+    return [alert(0), _not_utf8(1), alert(2)]
+
+
+def _check_lines(text: str) -> None:
+    first, odd, last = text.splitlines()[-3:]
+    assert first.endswith("write n=0") and last.endswith("write n=2")
+    assert odd.endswith(r"write /etc/ev\xffil"), odd  # the byte shown, not dropped
+
+
+@pytest.mark.parametrize("keep_alive", [True, False])
+def test_a_path_that_is_not_utf8_is_written_escaped_by_the_file_sink(
+    tmp_path: Path, keep_alive: bool
+) -> None:
+    path = tmp_path / "alerts.log"
+    sink = FileSink(str(path), keep_alive, text_line)
+    sink.emit_many(_batch())
+    sink.close()
+    _check_lines(path.read_text())
+    assert sink.failures == 0
+
+
+def test_a_path_that_is_not_utf8_is_written_escaped_by_the_program_sink(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    sink = ProgramSink(f"cat >> {out}", True, text_line)
+    sink.emit_many(_batch())
+    sink.close()
+    _check_lines(out.read_text())
+    assert sink.failures == 0
+
+
+def test_a_path_that_is_not_utf8_is_written_escaped_to_stdout() -> None:
+    raw = io.BytesIO()
+    stdout = io.TextIOWrapper(raw, encoding="utf-8")  # strict, as a real stdout is
+    sink = StdoutSink(text_line, stdout)
+    sink.emit_many(_batch())
+    _check_lines(raw.getvalue().decode())
+    assert sink.failures == 0
+
+
+def test_a_path_that_is_not_utf8_stays_valid_json() -> None:
+    line = json_line(_not_utf8(1))
+    assert json.loads(line)["output_fields"]["fd.name"] == "/etc/ev\udcffil"
