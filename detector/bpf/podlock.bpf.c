@@ -115,7 +115,9 @@ static __always_inline void count_drop(void)
  * Waking the agent costs the task that writes an event an interrupt and a scheduler
  * wake-up, which in a storm of file events is more than the event itself. So a file
  * event wakes the agent only when the unread data crosses a multiple of WAKEUP_BYTES;
- * the agent's poll timeout (20 ms) bounds the delay of the events in between.
+ * the agent's poll timeout (20 ms) bounds the delay of the events in between. Not even
+ * the first event of an empty ring wakes it: an agent that keeps up finds the ring
+ * empty every time, and would be woken for every event.
  */
 #define WAKEUP_BYTES (32 * 1024)
 
@@ -124,7 +126,7 @@ static __always_inline __u64 file_wakeup(void)
 	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
 	__u64 before = avail - sizeof(struct podlock_file_event) - 8; /* 8: record header */
 
-	if (avail < sizeof(struct podlock_file_event) + 8 || avail / WAKEUP_BYTES != before / WAKEUP_BYTES)
+	if (avail >= sizeof(struct podlock_file_event) + 8 && avail / WAKEUP_BYTES != before / WAKEUP_BYTES)
 		return BPF_RB_FORCE_WAKEUP;
 	return BPF_RB_NO_WAKEUP;
 }
