@@ -43,7 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from detector import procscan  # noqa: E402
+from detector import libbpf, procscan  # noqa: E402
 from detector.agent import POLL_MS, Pipeline, seed  # noqa: E402
 from detector.alerts import Alert  # noqa: E402
 from detector.config import load_detector_settings  # noqa: E402
@@ -62,6 +62,17 @@ WORKLOAD_CPU, AGENT_CPU = 1, 0
 HOST_OPS = 1_000_000
 CONTAINER_WRITES = 20_000
 STORM_FILES = 100_000
+
+# (a)'s floor: the cheapest program a syscall hook can be. Attached, it still puts every
+# syscall of every task on the tracing slow path and costs one indirect BPF call per exit.
+FLOOR_BPF_C = r"""
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+char LICENSE[] SEC("license") = "GPL";
+SEC("tp_btf/sys_exit")
+int BPF_PROG(floor_sys_exit, struct pt_regs *regs, long ret) { return 0; }
+"""
 
 WRITER_C = r"""
 #include <fcntl.h>
@@ -217,6 +228,33 @@ class Attached:
         self.outputs.close()
 
 
+class FloorProbe:
+    """The empty tp_btf/sys_exit program, attached for the duration of a `with`."""
+
+    def __init__(self, obj_path: Path) -> None:
+        self._path = obj_path
+        self._obj: int | None = None
+        self._link: int | None = None
+
+    def __enter__(self) -> FloorProbe:
+        bpf = libbpf.lib()
+        self._obj = bpf.bpf_object__open_file(str(self._path).encode(), None)
+        if not self._obj or bpf.bpf_object__load(self._obj) != 0:
+            raise SystemExit(f"bench_detector: cannot load {self._path}")
+        prog = bpf.bpf_object__next_program(self._obj, None)
+        self._link = bpf.bpf_program__attach(prog)
+        if not self._link:
+            raise SystemExit("bench_detector: cannot attach the floor program")
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        bpf = libbpf.lib()
+        if self._link:
+            bpf.bpf_link__destroy(self._link)
+        if self._obj:
+            bpf.bpf_object__close(self._obj)
+
+
 def sysctl(name: str, value: str | None = None) -> str:
     path = Path("/proc/sys") / name.replace(".", "/")
     old = path.read_text().strip()
@@ -252,6 +290,13 @@ def main() -> int:
     subprocess.run(
         ["clang", "-O2", "-static", "-o", str(writer), str(work / "writer.c")], check=True
     )
+    floor_obj = work / "floor.bpf.o"
+    (work / "floor.bpf.c").write_text(FLOOR_BPF_C)
+    subprocess.run(
+        ["clang", "-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x86",
+         f"-I{ROOT / 'detector' / 'bpf'}", "-c", str(work / "floor.bpf.c"), "-o", str(floor_obj)],
+        check=True,
+    )  # fmt: skip
     image = h.build_image(work / "image")
     shutil.copy2(writer, image / "bin" / "writer")
     old_stats = sysctl("kernel.bpf_stats_enabled", "0")
@@ -295,7 +340,7 @@ def main() -> int:
 
         runs = {"a": host_run, "b": container_run}
         arms: dict[str, dict[str, list[tuple[float, float]]]] = {
-            k: {"off": [], "on": []} for k in runs
+            k: {"off": [], "on": [], "floor": []} for k in runs
         }
         prog_total: dict[str, dict[str, list[int]]] = {"a": {}, "b": {}}
 
@@ -308,12 +353,23 @@ def main() -> int:
                 merge_stats(prog_total[key], att.prog_stats())
             return result
 
+        def floor_run() -> tuple[float, float]:
+            with FloorProbe(floor_obj):
+                return host_run()
+
         container_run()  # warm up the upper layer's files
         for i in range(0 if ONLY_C else RUNS):
             for key, run in runs.items():
-                order = ("off", "on") if i % 2 == 0 else ("on", "off")
+                # (a) also runs with the floor program only; the order rotates
+                order = ["off", "on", "floor"] if key == "a" else ["off", "on"]
+                order = order[i % len(order) :] + order[: i % len(order)]
                 for arm in order:
-                    arms[key][arm].append(run() if arm == "off" else attached_run(key))
+                    if arm == "off":
+                        arms[key][arm].append(run())
+                    elif arm == "floor":
+                        arms[key][arm].append(floor_run())
+                    else:
+                        arms[key][arm].append(attached_run(key))
             _progress(f"pair {i + 1}/{RUNS} done")
         # per-program run time: separate attached runs, statistics on
         prog_total = {"a": {}, "b": {}}
@@ -361,6 +417,8 @@ def main() -> int:
                 ]
                 verdicts.append(f"{label.split(')')[0]}) {measure}: {_verdict(added, target)}")
             report.append(f"| {label} | {' | '.join(cells)} | ≤ {target:.0%} |")
+            if key == "a":
+                report.append(_floor_row(arms["a"], rng, verdicts))
         for key, (label, _) in () if ONLY_C else labels.items():
             report += ["", f"BPF run time per program during {label} (attached runs):", ""]
             report += stats_table(prog_total[key])
@@ -452,21 +510,40 @@ _T0 = time.monotonic()
 NOTES = [
     "Notes (measured separately, by hand, on the same machine, 2026-11-27):",
     "",
-    "- (a)'s floor: `perf record` of the same 1M open/close loop, share of its CPU samples in",
-    "  tracing code (bpf_prog_*, bpf_trace_run*, syscall_exit_work, syscall_trace_enter,",
-    "  map lookups, probe reads), 3 runs each: an *empty* `tp_btf/sys_exit` (or",
-    "  `raw_tp/sys_exit`) program 7.1-7.6%; podlock's program 8.5-8.8% (10.1-10.4% before it",
-    "  read the syscall number with a direct BTF load instead of a probe-read helper);",
-    "  per-syscall `tp/syscalls/sys_enter_openat` + `sys_exit_openat` programs that only look",
-    "  the task up (covering openat alone) 12.0-13.1%. This VM runs retpolines and ITS thunks",
-    "  on every indirect call, so any program on every syscall exit costs more than the 3%",
-    "  target on a loop of back-to-back cheap syscalls; per-syscall tracepoints cost more, not",
-    "  less (and need tracefs mounted). The wall/CPU ratios above include effects perf does",
-    "  not attribute to tracing symbols (caches, branch predictors).",
+    "- (a)'s floor, other hooks, by hand (20 shuffled runs of each, median added CPU): an",
+    "  empty `tp_btf/sys_exit` +12.4%, an empty `raw_tp/sys_exit` +12.4%, an empty",
+    "  per-syscall `tp/syscalls/sys_exit_openat` (covering openat alone; needs tracefs)",
+    "  +13.9%, podlock's probes +16.6%. Any syscall tracepoint puts every task's syscalls on",
+    "  the tracing slow path (syscall_trace_enter / syscall_exit_work) and adds an indirect",
+    "  call, through retpoline and ITS thunks on this VM; fentry, kprobes and LSM programs,",
+    "  which could hook the VFS instead, do not load here (shared/PLATFORM.md).",
     "- (c)'s live rate is the producer's: one `runc exec` process creating files on overlayfs",
     "  makes 5k-30k events/s here depending on the machine's other jobs; the backlog row is",
     "  the pipeline's own end-to-end rate.",
 ]
+
+
+def _floor_row(
+    arms: dict[str, list[tuple[float, float]]], rng: random.Random, verdicts: list[str]
+) -> str:
+    """(a) with only an empty tp_btf/sys_exit program attached: what any syscall hook costs."""
+    cells = []
+    for col in (0, 1):
+        off = [x[col] for x in arms["off"]]
+        added = ratio_ci([x[col] for x in arms["floor"]], off, rng)
+        cells += [
+            f"{statistics.median(off) * 1e3:.1f} ms",
+            f"{added[0] * 100:+.1f}% ({added[1] * 100:+.1f}% to {added[2] * 100:+.1f}%)",
+        ]
+        if col == 1:
+            above = ratio_ci([x[1] for x in arms["on"]], [x[1] for x in arms["floor"]], rng)
+            verdicts.append(
+                f"(a) floor: an empty `tp_btf/sys_exit` program alone adds {added[0]:+.1%} CPU "
+                f"({added[1]:+.1%} to {added[2]:+.1%}); podlock's probes cost {above[0]:+.1%} "
+                "more than it. No program on the syscall path meets 3% on this machine."
+            )
+    label = "(a) the same, only an empty `tp_btf/sys_exit` program (the floor)"
+    return f"| {label} | {' | '.join(cells)} | |"
 
 
 def _verdict(added: tuple[float, float, float], target: float) -> str:
