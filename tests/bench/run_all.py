@@ -3,6 +3,8 @@
 
 A benchmark that fails is reported and the others still run; the exit status is non-zero if
 any failed. Sections are concatenated in file-name order, each as its benchmark wrote it.
+`run_all.py bench_detector.py` runs only the named benchmarks and gathers every section again
+(the others as their last full run left them).
 """
 
 from __future__ import annotations
@@ -47,7 +49,14 @@ def machine_header() -> list[str]:
 
 def main() -> int:
     failed: list[str] = []
-    for script in sorted(HERE.glob("bench_*.py")):
+    only = set(sys.argv[1:])
+    scripts = sorted(HERE.glob("bench_*.py"))
+    if unknown := only - {s.name for s in scripts}:
+        print(f"run_all: no benchmark named {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    for script in scripts:
+        if only and script.name not in only:
+            continue
         print(f"== {script.name}", flush=True)
         started = time.monotonic()
         done = subprocess.run([sys.executable, str(script)], cwd=ROOT, check=False)
