@@ -25,8 +25,8 @@ KIND_EXIT = 3
 KIND_CGROUP = 4
 
 _SESSIONS = {1: Session.CONTAINER, 2: Session.EXEC}
-_FS = {0: FsKind.UNKNOWN, 1: FsKind.ROOTFS, 2: FsKind.VOLUME}
-_OPS = {
+FILE_FS = {0: FsKind.UNKNOWN, 1: FsKind.ROOTFS, 2: FsKind.VOLUME}
+FILE_OPS = {
     1: FileOp.OPEN_WRITE,
     2: FileOp.RENAME,
     3: FileOp.UNLINK,
@@ -167,12 +167,12 @@ _FILE = struct.Struct("<iIBB6x")  # after the header
 _EXEC = struct.Struct("<B3xI")
 _EXIT = struct.Struct("<i4x")
 _HDR_SIZE = _HDR.size
-_FILE_PATH = _HDR_SIZE + _FILE.size
-_FILE_TARGET = _FILE_PATH + PATH_LEN
+FILE_PATH = _HDR_SIZE + _FILE.size
+FILE_TARGET = FILE_PATH + PATH_LEN
 _EXEC_PATH = _HDR_SIZE + _EXEC.size
 _EXEC_ARGS = _EXEC_PATH + PATH_LEN
 assert ctypes.sizeof(HdrC) == _HDR_SIZE
-assert FileEventC.target.offset == _FILE_TARGET
+assert FileEventC.target.offset == FILE_TARGET
 assert ExecEventC.args.offset == _EXEC_ARGS
 
 # A file record's fixed part in one unpack, for the tracker's fast path (see
@@ -180,8 +180,6 @@ assert ExecEventC.args.offset == _EXEC_ARGS
 # key, result, flags, op, fs.
 FILE_HEAD = struct.Struct("<QI52siIBB")
 FILE_SIZE = ctypes.sizeof(FileEventC)
-FILE_PATH, FILE_TARGET = _FILE_PATH, _FILE_TARGET
-FILE_OPS, FILE_FS = _OPS, _FS
 assert HdrC.pid.offset == 12 and FileEventC.fs.offset == FILE_HEAD.size - 1
 
 _SIZES = {
@@ -241,18 +239,18 @@ def decode(data: bytes) -> Raw:
         raise DecodeError(f"record kind {kind} has {len(data)} bytes, expected {size}")
     if kind == KIND_FILE:
         result, flags, op_code, fs_code = _FILE.unpack_from(data, _HDR_SIZE)
-        op = _OPS.get(op_code)
+        op = FILE_OPS.get(op_code)
         if op is None:
             raise DecodeError(f"unknown file operation {op_code}")
         return RawFile(
             _header(data),
             op,
-            _FS.get(fs_code, FsKind.UNKNOWN),
+            FILE_FS.get(fs_code, FsKind.UNKNOWN),
             result,
             flags,
-            cstr(data, _FILE_PATH, PATH_LEN),
+            cstr(data, FILE_PATH, PATH_LEN),
             # most operations have no second path: skip the search when it is empty
-            cstr(data, _FILE_TARGET, PATH_LEN) if data[_FILE_TARGET] else "",
+            cstr(data, FILE_TARGET, PATH_LEN) if data[FILE_TARGET] else "",
         )
     if kind == KIND_EXEC:
         origin, args_len = _EXEC.unpack_from(data, _HDR_SIZE)

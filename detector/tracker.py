@@ -37,6 +37,7 @@ from detector.events import (
     ExecEvent,
     ExitEvent,
     FileEvent,
+    FileOp,
     FsKind,
     Process,
     Session,
@@ -113,23 +114,15 @@ class Tracker:
                 self._by_record.clear()
             self._by_record[key] = event.proc
             return event
-        path = normalise(cstr(data, FILE_PATH, PATH_LEN))
-        target = ""
-        if data[FILE_TARGET]:  # most operations have no second path
-            target = cstr(data, FILE_TARGET, PATH_LEN)
-            if target.startswith("/"):
-                target = normalise(target)
-        fs = FILE_FS.get(fs_code, FsKind.UNKNOWN)
-        if fs is FsKind.UNKNOWN:
-            fs = self._classify(proc.pid, proc.cgroup_id, path)
-        return FileEvent(
+        return self._file_event(
             time_ns + self.boot_to_wall_ns,
             proc,
             op,
-            path,
-            target,
-            fs,
-            result if result < 0 else 0,
+            cstr(data, FILE_PATH, PATH_LEN),
+            # most operations have no second path: skip the search when it is empty
+            cstr(data, FILE_TARGET, PATH_LEN) if data[FILE_TARGET] else "",
+            FILE_FS.get(fs_code, FsKind.UNKNOWN),
+            result,
             flags,
         )
 
@@ -159,23 +152,29 @@ class Tracker:
         return None
 
     def _file(self, raw: RawFile, time_ns: int) -> FileEvent:
-        path = normalise(raw.path)
-        target = raw.target
+        proc = self._process(raw.hdr)
+        return self._file_event(
+            time_ns, proc, raw.op, raw.path, raw.target, raw.fs, raw.result, raw.flags
+        )
+
+    def _file_event(
+        self,
+        time_ns: int,
+        proc: Process,
+        op: FileOp,
+        path: str,
+        target: str,
+        fs: FsKind,
+        result: int,
+        flags: int,
+    ) -> FileEvent:
+        """Both record paths end here: paths made absolute, the filesystem found."""
+        path = normalise(path)
         if target.startswith("/"):
             target = normalise(target)
-        fs = raw.fs
         if fs is FsKind.UNKNOWN:
-            fs = self._classify(raw.hdr.pid, raw.hdr.cgroup_id, path)
-        return FileEvent(
-            time_ns,
-            self._process(raw.hdr),
-            raw.op,
-            path,
-            target,
-            fs,
-            raw.result if raw.result < 0 else 0,
-            raw.flags,
-        )
+            fs = self._classify(proc.pid, proc.cgroup_id, path)
+        return FileEvent(time_ns, proc, op, path, target, fs, result if result < 0 else 0, flags)
 
     def _forget(self, pid: int | None = None) -> None:
         """Drop reused Process values: one process's, or all (None)."""
