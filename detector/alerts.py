@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import functools
 import json
 import time
 from collections.abc import Mapping
@@ -104,12 +103,6 @@ class Alert(NamedTuple):
             return json.dumps(body, separators=(",", ":")).encode()
 
 
-# Alerts come in bursts within the same second: format each second once.
-@functools.lru_cache(maxsize=4)
-def _utc_second(secs: int, fmt: str) -> str:
-    return time.strftime(fmt, time.gmtime(secs))
-
-
 _last_stamp: list[tuple[int, str, str]] = [(-1, "", "")]  # (second, date, clock)
 
 
@@ -127,14 +120,14 @@ def _stamp(time_ns: int) -> tuple[str, str, str]:
 
 def rfc3339_nanos(time_ns: int) -> str:
     """`2026-11-27T00:19:49.123456789Z`: RFC 3339 in UTC with nanoseconds, as Falco writes."""
-    secs, nanos = divmod(time_ns, 1_000_000_000)
-    return f"{_utc_second(secs, '%Y-%m-%dT%H:%M:%S')}.{nanos:09d}Z"
+    day, clock, nanos = _stamp(time_ns)
+    return f"{day}T{clock}.{nanos}Z"
 
 
 def clock_time(time_ns: int) -> str:
     """`HH:MM:SS.nnnnnnnnn` in UTC, the prefix of Falco's text output."""
-    secs, nanos = divmod(time_ns, 1_000_000_000)
-    return f"{_utc_second(secs, '%H:%M:%S')}.{nanos:09d}"
+    _, clock, nanos = _stamp(time_ns)
+    return f"{clock}.{nanos}"
 
 
 def format_value(value: FieldValue) -> str:
