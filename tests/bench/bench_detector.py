@@ -6,7 +6,8 @@
     every per-file alert is written: delivered-or-counted, events/s, syscall->alert-written
     latency, and the real `podlock detect`'s peak RSS.
 
-(a) and (b) run in pairs (detached, attached; the order alternates), >= 20 pairs; each
+(a) and (b) run in pairs (detached, attached; the order alternates), >= 20 pairs, (a) with
+a third arm, only an empty tp_btf/sys_exit program (the floor; the order rotates); each
 attached run loads fresh probes and drains them with the agent's own Pipeline in a thread,
 as `podlock detect` does. The workload is pinned to CPU 1 and the agent to CPU 0. The
 added cost is the median of the per-pair ratios (on/off - 1), with a 95% bootstrap
@@ -387,8 +388,10 @@ def main() -> int:
             "(the machine is shared with other jobs).",
             "",
             f"Method: {RUNS} pairs per workload (detached and attached back to back, the order",
-            "alternating). Added cost = median over pairs of on/off - 1, with a 95% bootstrap",
-            "interval over pairs; the workload is pinned to CPU 1, the agent to CPU 0. Wall =",
+            "alternating; (a) also with only an empty `tp_btf/sys_exit` program attached, the",
+            "order of the three rotating). Added cost = median over pairs of on/off - 1, with a",
+            "95% bootstrap interval over pairs; the workload is pinned to CPU 1, the agent to",
+            "CPU 0. Wall =",
             "the workload loop's elapsed time; CPU = its user + system time (the BPF programs",
             "run in its syscalls; other jobs on the machine inflate wall time, not CPU time).",
             '"on" = fresh probes attached and drained by the agent\'s pipeline (default rules',
