@@ -71,7 +71,19 @@ def load_settings(path: str | None) -> Settings:
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: the policy file is not UTF-8 text") from None
     overlay = _parse_yaml(text, path)
-    return settings_from_mapping({**base, **overlay}, path)
+    return settings_from_mapping(_over(base, overlay), path)
+
+
+def _over(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """The overlay's keys over the base's, section by section: a key left out inside a
+    section (say writablePaths.forbidden) keeps its default. Lists are replaced whole."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        below = base.get(key)
+        merged[key] = (
+            {**below, **value} if isinstance(below, dict) and isinstance(value, dict) else value
+        )
+    return merged
 
 
 def _parse_yaml(text: str, source: str) -> dict[str, Any]:

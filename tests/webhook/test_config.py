@@ -45,6 +45,18 @@ def test_a_file_overrides_only_what_it_says(tmp_path: Path) -> None:
     assert settings.default_writable_paths == ("/tmp",)  # untouched keys keep the default
 
 
+def test_a_key_left_out_inside_a_section_keeps_the_default(tmp_path: Path) -> None:
+    # Setting only the default writable paths must not drop the forbidden list: that list is
+    # what stops a pod from asking for a writable /usr/bin.
+    default = load_settings(None)
+    settings = load_settings(write(tmp_path, "writablePaths:\n  defaults: [/tmp, /var/tmp]\n"))
+    assert settings.default_writable_paths == ("/tmp", "/var/tmp")
+    assert settings.forbidden_writable_paths == default.forbidden_writable_paths
+    assert "/usr/bin" in settings.forbidden_writable_paths
+    only_size = load_settings(write(tmp_path, "emptyDir:\n  sizeLimit: 64Mi\n"))
+    assert (only_size.empty_dir_medium, only_size.empty_dir_size_limit) == ("", "64Mi")
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
