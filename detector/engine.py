@@ -134,12 +134,12 @@ class _Group:
 
 @dataclass(slots=True)
 class _Held:
-    """A held-back alert's makings, kept so it can be released later."""
+    """A held-back alert's makings, kept so it can be released later. Its fields are
+    taken when it is held: at release the process may have exited, the state moved on."""
 
     compiled: _Compiled
     time_ns: int
-    event: Any
-    fields: dict[str, FieldValue] | None
+    fields: dict[str, FieldValue]
 
 
 class Engine:
@@ -417,14 +417,15 @@ class Engine:
 
     def _alert_for(self, c: _Compiled, event: Any, now_ns: int) -> Alert | None:
         held = 0
+        memo = self._proc_memo(c, event)
         if self._limiter is not None:
             key = (c.rule.name, event.proc.container_id)
             admitted = self._limiter.admit(key, now_ns)
             if admitted is None:
-                self._limiter.hold(key, now_ns, _Held(c, event.time_ns, event, None))
+                fields = self._extract(c, event, memo)
+                self._limiter.hold(key, now_ns, _Held(c, event.time_ns, fields))
                 return None
             held = admitted
-        memo = self._proc_memo(c, event)
         return self._finish(c, event.time_ns, self._extract(c, event, memo), held, memo)
 
     def _finish(
@@ -449,10 +450,7 @@ class Engine:
 
     def _release(self, due: list[tuple[tuple[str, str], int, _Held]], out: list[Alert]) -> None:
         for _key, others, held in due:
-            fields = (
-                held.fields if held.fields is not None else self._extract(held.compiled, held.event)
-            )
-            out.append(self._finish(held.compiled, held.time_ns, fields, others))
+            out.append(self._finish(held.compiled, held.time_ns, held.fields, others))
 
     # --- aggregation ------------------------------------------------------------------------
 
@@ -495,7 +493,7 @@ class Engine:
             key = (c.rule.name, group.container_id)
             admitted = self._limiter.admit(key, now_ns)
             if admitted is None:
-                self._limiter.hold(key, now_ns, _Held(c, group.time_ns, None, fields))
+                self._limiter.hold(key, now_ns, _Held(c, group.time_ns, fields))
                 return
             held = admitted
         out.append(self._finish(c, group.time_ns, fields, held))

@@ -151,3 +151,26 @@ def test_per_process_conditions_follow_new_metadata_for_the_same_process_value()
     after = [a.rule for a in eng.process(write(probe, "/etc/b"), T0 + 2)]
     assert before == ["Write to container root filesystem in exec session"]
     assert after == []
+
+
+def test_a_held_back_alert_keeps_the_fields_of_its_own_event() -> None:
+    from detector.rules import load_rules
+
+    rules = load_rules(
+        [
+            (
+                "numbered.yaml",
+                "- rule: Numbered write\n  desc: d\n  condition: evt.type = open\n"
+                "  output: n=%evt.num\n  priority: NOTICE\n",
+            )
+        ]
+    )
+    eng = engine(rules, rate_limit=RateLimit(rate=0.001, max_burst=1, summary_interval_s=5.0))
+    app, other = proc(200), proc(201, cid="cd" * 32)
+    (first,) = eng.process(write(app, "/etc/a"), T0)
+    assert eng.process(write(app, "/etc/b"), T0 + 1) == []  # held back: event number 2
+    for i in range(5):  # the engine moves on (another container, its own bucket)
+        eng.process(write(other, f"/etc/o{i}"), T0 + 2 + i)
+    released = eng.flush(T0 + 6 * SEC)  # app's held alert, and the other container's
+    (held,) = [a for a in released if a.output_fields["fd.name"] == "/etc/b"]
+    assert (first.output, held.output) == ("n=1", "n=2")
