@@ -151,6 +151,10 @@ class Pipeline:
     def flush(self, now: int) -> None:
         self.outputs.emit_many(self.engine.flush(now))
 
+    def shutdown(self, now: int) -> None:
+        """Write everything still pending: open copies, held-back alerts, lost counts."""
+        self.outputs.emit_many(self.engine.shutdown(now))
+
 
 def run(args: argparse.Namespace) -> int:
     from detector.config import ConfigError, load_detector_settings
@@ -214,8 +218,7 @@ def run(args: argparse.Namespace) -> int:
             if now >= next_flush:
                 pipeline.flush(now)
                 next_flush = now + FLUSH_EVERY_NS
-        # emit what waits on a quiet period (e.g. an unfinished copy) before leaving
-        pipeline.flush(time.time_ns() + 60 * 1_000_000_000)
+        pipeline.shutdown(time.time_ns())
         return 0
     finally:
         loader.close()
