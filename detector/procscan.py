@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from detector.cgroups import ContainerRef, cgroup_v2_path, parse_cgroup_path
+from detector.decode import split_args
 from detector.events import Session
 from detector.tracker import ProcInfo, parse_mountinfo
 
@@ -106,7 +107,8 @@ def _proc(pid: int, host_mnt_ns: int) -> _Proc | None:
     # fields after the parenthesised comm: state ppid … starttime (22nd field overall)
     rest = stat.rsplit(")", 1)[1].split()
     cmdline_raw = _read(f"{base}/cmdline") or ""
-    argv = tuple(a for a in cmdline_raw.split("\0") if a)
+    # as the exec record's argv is split: `sh -c ""` keeps its empty word either way
+    argv = split_args(cmdline_raw.encode("utf-8", "surrogateescape"))
     return _Proc(
         pid=pid,
         ppid=int(rest[1]),
