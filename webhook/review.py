@@ -44,7 +44,6 @@ class Outcome:
     body: bytes  # the serialized AdmissionReview response
     allowed: bool
     operation: str
-    kind: str
     rules: tuple[str, ...]  # rules that fired, as violations or would-be violations
     patched: bool
 
@@ -86,7 +85,6 @@ def review(raw: bytes, endpoint: Endpoint, mode: Mode, settings: Settings) -> Ou
         body=_serialize(request.uid, answer),
         allowed=answer.allowed,
         operation=request.operation,
-        kind=request.kind,
         rules=answer.rules,
         patched=answer.patch is not None,
     )
@@ -183,7 +181,7 @@ def _validate(request: _Request, mode: Mode, settings: Settings) -> _Answer:
             return _Answer()  # a label change or finalizer removal is never refused
     elif request.kind in WORKLOAD_KINDS and request.operation in ("CREATE", "UPDATE"):
         violations = _judge(request, request.obj, settings, "template", None)
-        if request.operation == "UPDATE":
+        if request.operation == "UPDATE" and violations:
             # Only what this change introduces: scaling or relabelling a legacy workload passes.
             before = {
                 (v.rule, v.container)
