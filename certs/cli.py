@@ -42,9 +42,6 @@ def write_bundle(out: str, bundle: Bundle) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.certs_command != "generate":  # argparse allows only "generate" today
-        print(f"podlock certs: unknown action {args.certs_command!r}", file=sys.stderr)
-        return 2
     try:
         bundle = generate_bundle(args.service, args.namespace, args.host, now=datetime.now(UTC))
         paths = write_bundle(args.out, bundle)

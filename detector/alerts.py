@@ -63,19 +63,6 @@ class Alert(NamedTuple):
         """Falco's text line: `HH:MM:SS.nnnnnnnnn: Priority output` (UTC)."""
         return f"{clock_time(self.time_ns)}: {self.priority._value_} {self.output}"
 
-    def to_dict(self) -> dict[str, object]:
-        """Falco's JSON alert shape; `output` carries the full text line as Falco's does."""
-        return {
-            "hostname": self.hostname,
-            "output": self.to_text(),
-            "output_fields": dict(self.output_fields),
-            "priority": self.priority.value,
-            "rule": self.rule,
-            "source": "podlock",
-            "tags": list(self.tags),
-            "time": rfc3339_nanos(self.time_ns),
-        }
-
     def to_json(self) -> str:
         """One line of JSON, no trailing newline."""
         return self.to_json_bytes().decode()
@@ -88,7 +75,7 @@ class Alert(NamedTuple):
         body = {
             "hostname": self.hostname,
             "output": f"{clock}.{nanos}: {priority} {self.output}",
-            # serialised as it is: no copy (to_dict's is for callers that keep it)
+            # serialised as it is, not copied
             "output_fields": fields if type(fields) is dict else dict(fields),
             "priority": priority,
             "rule": self.rule,
@@ -116,12 +103,6 @@ def _stamp(time_ns: int) -> tuple[str, str, str]:
         last = (secs, day, clock)
         _last_stamp[0] = last
     return last[1], last[2], f"{nanos:09d}"
-
-
-def rfc3339_nanos(time_ns: int) -> str:
-    """`2026-11-27T00:19:49.123456789Z`: RFC 3339 in UTC with nanoseconds, as Falco writes."""
-    day, clock, nanos = _stamp(time_ns)
-    return f"{day}T{clock}.{nanos}Z"
 
 
 def clock_time(time_ns: int) -> str:

@@ -77,8 +77,6 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_object__next_map": (c_void_p, [c_void_p, c_void_p]),
     "bpf_object__find_map_by_name": (c_void_p, [c_void_p, c_char_p]),
     "bpf_program__name": (c_char_p, [c_void_p]),
-    "bpf_program__set_autoload": (c_int, [c_void_p, ctypes.c_bool]),
-    "bpf_program__autoload": (ctypes.c_bool, [c_void_p]),
     "bpf_program__attach": (c_void_p, [c_void_p]),
     "bpf_program__fd": (c_int, [c_void_p]),
     "bpf_link__destroy": (c_int, [c_void_p]),

@@ -17,7 +17,6 @@ from detector.events import Session
 from detector.ringbuf import RingReader
 
 DEFAULT_OBJECT = Path(__file__).parent / "bpf" / "podlock.bpf.o"
-BPF_ANY = 0
 BPF_NOEXIST = 1
 POLL_LIMIT = 4096  # records per poll: a backlog is handled (and its alerts written) in slices
 

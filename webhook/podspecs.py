@@ -41,10 +41,6 @@ class PodSpecRef:
     labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
-    def is_template(self) -> bool:
-        return self.kind != "Pod"
-
-    @property
     def is_windows(self) -> bool:
         os_spec = self.spec.get("os")
         return isinstance(os_spec, dict) and os_spec.get("name") == "windows"

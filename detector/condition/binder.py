@@ -14,7 +14,6 @@ from detector.condition.ast import (
     BCompare,
     BExists,
     Compare,
-    Const,
     ListValue,
     MacroRef,
     Node,
@@ -136,7 +135,3 @@ class _Binder:
         if lowered in ("true", "false"):
             return lowered == "true"
         raise BindError(f"expected true or false for '{fdef.name}', found '{text}'", value.pos)
-
-
-TRUE = Const(True)
-FALSE = Const(False)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from detector.alerts import Alert, Priority, clock_time, rfc3339_nanos
+from detector.alerts import Alert, Priority, clock_time
 
 ALERT = Alert(
     time_ns=1_790_000_123_000_000_042,
@@ -51,7 +51,7 @@ def test_text_line() -> None:
     ],
 )
 def test_time_formats(ns: int, rfc: str, clock: str) -> None:
-    assert rfc3339_nanos(ns) == rfc
+    assert json.loads(ALERT._replace(time_ns=ns).to_json())["time"] == rfc
     assert clock_time(ns) == clock
 
 
