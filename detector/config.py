@@ -49,7 +49,7 @@ class FileOutput:
     filename: str = ""
     """Appended to, one alert per line."""
     keep_alive: bool = False
-    """Keep the file open (true) or open, append and close per alert (false, as Falco)."""
+    """Keep the file open (true) or open, append and close per batch of alerts (false)."""
 
 
 @dataclass(frozen=True)

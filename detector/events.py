@@ -1,8 +1,8 @@
 """Typed events the kernel side reports, after decoding.
 
-This module is the contract between the BPF loader (which decodes ring-buffer
-records into these values) and the rule engine (which only ever sees these
-values, never bytes). It holds no I/O.
+This module is the contract between the record decoding (detector/decode.py and the
+tracker turn ring-buffer records into these values) and the rule engine (which only
+ever sees these values, never bytes). It holds no I/O.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ c_uint32 = ctypes.c_uint32
 c_size_t = ctypes.c_size_t
 
 # int (*libbpf_print_fn_t)(enum libbpf_print_level level, const char *fmt, va_list ap)
-# va_list cannot be formatted from Python; we only learn that libbpf spoke.
+# Python cannot format a va_list: loader._print hands it to libc's vsnprintf (below).
 PrintCallback = ctypes.CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
 
 
@@ -95,12 +95,11 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
 @functools.cache
 def lib() -> ctypes.CDLL:
     """The loaded library with every signature declared; raises LibbpfUnavailable."""
-    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
     try:
         handle = ctypes.CDLL("libbpf.so.1", use_errno=True)
     except OSError:
-        try:
-            handle = ctypes.CDLL(name, use_errno=True)
+        try:  # find_library runs ldconfig: only when the usual name is not there
+            handle = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so", use_errno=True)
         except OSError as exc:
             raise LibbpfUnavailable(f"cannot load libbpf ({exc})") from None
     for func_name, (restype, argtypes) in _SIGNATURES.items():

@@ -63,12 +63,13 @@ class Loader:
         self._log: list[str] = []
         # keep a reference: libbpf calls it after we return
         self._on_print = libbpf.PrintCallback(self._print)
+        self._print_buf = ctypes.create_string_buffer(1 << 16)  # one, for every log line
         self._fds: dict[str, int] = {}
         self._ncpus = _possible_cpus()
 
     # ---- libbpf callbacks ---------------------------------------------------
     def _print(self, _level: int, fmt: bytes | None, args: int | None) -> int:
-        buf = ctypes.create_string_buffer(1 << 20)
+        buf = self._print_buf
         libbpf.vsnprintf()(buf, len(buf), fmt, args)
         self._log.append(buf.value.decode(errors="replace").rstrip())
         del self._log[:-5000]
@@ -108,13 +109,14 @@ class Loader:
             self._links.append(link)
             self._progs[name] = lib.bpf_program__fd(prog)
             prog = lib.bpf_object__next_program(obj, prog)
-        for name in ("events", "procs", "containers", "drops"):
-            m = lib.bpf_object__find_map_by_name(obj, name.encode())
-            self._fds[name] = lib.bpf_map__fd(m)
+        maps = {
+            name: lib.bpf_object__find_map_by_name(obj, name.encode())
+            for name in ("events", "procs", "containers", "drops")
+        }
+        self._fds.update((name, lib.bpf_map__fd(m)) for name, m in maps.items())
         # read through its mapping rather than libbpf's consumer: no C callback per record
-        events = lib.bpf_object__find_map_by_name(obj, b"events")
         try:
-            self._ring = RingReader(self._fds["events"], lib.bpf_map__max_entries(events))
+            self._ring = RingReader(self._fds["events"], lib.bpf_map__max_entries(maps["events"]))
         except (OSError, ValueError) as exc:
             raise LoaderError(f"cannot map the BPF ring buffer: {exc}") from None
 

@@ -128,15 +128,15 @@ class Tracker:
 
     def handle(self, raw: Raw) -> Event | None:
         """The event for one record; None for bookkeeping records (cgroups)."""
-        if isinstance(raw, RawFile):  # the common case first
+        if isinstance(raw, RawFile):  # (the agent takes these through file_record)
             return self._file(raw, raw.hdr.time_ns + self.boot_to_wall_ns)
         if isinstance(raw, RawCgroup):
             self.containers[raw.hdr.cgroup_id] = parse_cgroup_path(raw.path)
             self._forget()
             return None
         time_ns = raw.hdr.time_ns + self.boot_to_wall_ns
-        self._forget(raw.hdr.pid)
         if isinstance(raw, RawExec):
+            self._forget(raw.hdr.pid)  # a new program: its Process is built anew
             info = ProcInfo(exepath=raw.exepath, cmdline=raw.argv)
             self.procs[raw.hdr.pid] = info
             self._remember_pid(raw.hdr.cgroup_id, raw.hdr.pid)

@@ -1,6 +1,6 @@
 """Alerts appended to a file, one line each. With keep_alive the file stays open
-(line-buffered); without it each alert opens, appends and closes, as Falco does,
-which lets logrotate move the file away."""
+(line-buffered); without it each batch of alerts opens, appends and closes (Falco does
+so per alert), which lets logrotate move the file away."""
 
 from __future__ import annotations
 

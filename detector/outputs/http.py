@@ -32,9 +32,9 @@ class HttpSink(SinkBase):
 
     def emit(self, alert: Alert) -> None:
         try:
-            self._queue.put_nowait(alert.to_json().encode())
+            self._queue.put_nowait(alert.to_json_bytes())
         except queue.Full:
-            self._failures.record(f"{_QUEUE_SIZE} alerts waiting; dropping")
+            self._failures.record(f"{self._queue.maxsize} alerts waiting; dropping")
 
     def _run(self) -> None:
         while True:

@@ -1,4 +1,4 @@
-"""Alerts to standard output, one line each, flushed per alert (pipes see them at once)."""
+"""Alerts to standard output, one line each, flushed per batch (pipes see them at once)."""
 
 from __future__ import annotations
 
