@@ -9,15 +9,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CERTS := .certs
 
-# Debian packages: the eBPF toolchain, container runtimes for the detector's end-to-end
-# tests, and the load tools for benchmarks.
-APT_PACKAGES := clang llvm libbpf-dev bpftool runc containerd busybox-static umoci wrk hyperfine
+# Debian packages: venv support for Debian's python3, the eBPF toolchain, and container
+# runtimes for the detector's end-to-end tests; the benchmarks also need a load tool.
+APT_PACKAGES := python3-venv clang llvm libbpf-dev bpftool runc containerd busybox-static umoci
+BENCH_APT_PACKAGES := wrk
 
 BPF_DIR := detector/bpf
 BPF_SRC := $(wildcard $(BPF_DIR)/*.bpf.c)
 BPF_OBJ := $(BPF_SRC:.bpf.c=.bpf.o)
 
-.PHONY: run test lint typecheck unit bench bpf system-deps venv clean
+.PHONY: run test lint typecheck unit bench bpf system-deps bench-deps venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,14 +29,19 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Installs only what is missing, so a machine that has everything pays nothing.
-system-deps:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+apt_install = @missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:" $$missing; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-$(BPF_DIR)/vmlinux.h:
+system-deps:
+	$(call apt_install,$(APT_PACKAGES))
+
+bench-deps:
+	$(call apt_install,$(BENCH_APT_PACKAGES))
+
+$(BPF_DIR)/vmlinux.h: | system-deps
 	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
 
 $(BPF_DIR)/%.bpf.o: $(BPF_DIR)/%.bpf.c $(wildcard $(BPF_DIR)/*.h) $(BPF_DIR)/vmlinux.h
@@ -61,7 +67,7 @@ run: system-deps $(STAMP)
 	  $(BIN)/podlock certs generate --out $(CERTS) --host 127.0.0.1 --host localhost
 	$(BIN)/podlock serve --bind 127.0.0.1:8443 --cert $(CERTS)/tls.crt --key $(CERTS)/tls.key
 
-bench: system-deps $(STAMP) bpf
+bench: system-deps bench-deps $(STAMP) bpf
 	$(BIN)/python tests/bench/run_all.py
 
 clean:
