@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from detector import libbpf, procscan  # noqa: E402
-from detector.agent import POLL_MS, Pipeline, seed  # noqa: E402
+from detector.agent import FLUSH_EVERY_NS, POLL_MS, Pipeline, seed  # noqa: E402
 from detector.alerts import Alert  # noqa: E402
 from detector.config import load_detector_settings  # noqa: E402
 from detector.engine import Engine  # noqa: E402
@@ -133,12 +133,6 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs, {cpu}, kernel {platform.release()}"
 
 
-def median_ci(xs: list[float], rng: random.Random, n: int = 2000) -> tuple[float, float, float]:
-    """Median with a 95% bootstrap confidence interval."""
-    boots = sorted(statistics.median(rng.choices(xs, k=len(xs))) for _ in range(n))
-    return statistics.median(xs), boots[int(0.025 * n)], boots[int(0.975 * n)]
-
-
 def ratio_ci(
     on: list[float], off: list[float], rng: random.Random, n: int = 2000
 ) -> tuple[float, float, float]:
@@ -206,7 +200,7 @@ class Attached:
                 self.first_last[1:] = [now]
             if now >= next_flush:
                 self.pipeline.flush(now)
-                next_flush = now + 100_000_000
+                next_flush = now + FLUSH_EVERY_NS
         self.consumer_cpu_s = time.thread_time() - t0
 
     def drain_until(self, predicate: Callable[[], bool], timeout: float = 120) -> None:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,6 @@ class Server:
     log: Path
     cafile: Path
     metrics_dir: Path | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
     def connection(self, ctx: ssl.SSLContext | None = None) -> http.client.HTTPSConnection:
         return http.client.HTTPSConnection(

@@ -18,7 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,6 @@ APPLETS = (
     "sh", "cat", "echo", "sleep", "setsid", "chmod", "cp", "mkdir", "touch", "ls", "rm", "mv",
     "ln", "true", "tar", "test", "[", "printf", "head", "seq", "dd",
 )  # fmt: skip
-
-pytestmark = pytest.mark.root
 
 
 def _need_root() -> None:
@@ -161,7 +159,6 @@ class Detector:
     stdout: Path
     events_log: Path
     pidfile: Path
-    _alerts: list[Alert] = field(default_factory=list)
 
     def alerts(self) -> list[Alert]:
         lines = self.stdout.read_text(errors="replace").splitlines()
