@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from webhook.config import ImageProfile, Settings, normalize_path
 from webhook.podspecs import ContainerRef, Path, PodSpecRef, containers
+from webhook.policy import WRITABLE_ROOT
 
 WRITABLE_PATHS_KEY = "podlock.io/writable-paths"
 MAX_NAME = 63  # volume names are DNS labels
@@ -55,6 +56,8 @@ def plan_hardening(
     """
     spec = ref.spec
     if ref.is_windows:  # the API server rejects readOnlyRootFilesystem on Windows pods
+        return Hardening((), (), ())
+    if WRITABLE_ROOT not in settings.enabled_rules:  # the rule this plan satisfies is off
         return Hardening((), (), ())
     ephemeral = None if only_ephemeral is None else frozenset(only_ephemeral)
     requested, notes = parse_writable_paths(ref.annotations.get(WRITABLE_PATHS_KEY, ""), settings)

@@ -309,3 +309,18 @@ def test_cli_malformed_input(args: list[str], stdin: bytes | None, message: str)
     err = result.stderr.decode()
     assert message in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_with_the_writable_root_rule_off_nothing_is_hardened(settings: Settings) -> None:
+    from dataclasses import replace
+
+    from webhook.policy import WRITABLE_ROOT
+
+    off = replace(settings, enabled_rules=settings.enabled_rules - {WRITABLE_ROOT})
+    raw = (
+        Path(__file__).resolve().parents[2] / "examples" / "admission-review-pod.json"
+    ).read_bytes()
+    assert review(raw, "mutate", "enforce", settings).patched  # on: hardened
+    outcome = review(raw, "mutate", "enforce", off)
+    assert not outcome.patched and outcome.rules == ()
+    assert "patch" not in json.loads(outcome.body)["response"]
