@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from webhook import manifests
 from webhook.hardening import Add
 from webhook.podspecs import Path
 
@@ -110,9 +111,9 @@ def plan_edits(
         elif isinstance(last, str):
             if not isinstance(parent, yaml.MappingNode):
                 raise CannotFix(f"{_show(parent_path)} is not a mapping in the text")
-            existing = _find_key(parent, last)
-            if existing is not None:
-                replacements.append((existing, value, len(parent_path)))
+            existing = manifests.child_of(parent, last)
+            if existing is not None and existing[0] is not None:
+                replacements.append(((existing[0], existing[1]), value, len(parent_path)))
             else:
                 group = groups.setdefault(id(parent), _Group(parent, len(parent_path)))
                 group.pairs.append((last, value))
@@ -148,26 +149,11 @@ def apply_edits(text: str, edits: Sequence[Edit]) -> str:
 
 
 def _resolve(root: yaml.Node, path: Path) -> yaml.Node:
-    node = root
-    for step in path:
-        child: yaml.Node | None = None
-        if isinstance(node, yaml.MappingNode) and isinstance(step, str):
-            found = _find_key(node, step)
-            child = found[1] if found else None
-        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int):
-            child = node.value[step] if 0 <= step < len(node.value) else None
-        if child is None:
-            # e.g. a field that comes from a `<<` merge key: the text has no place for it.
-            raise CannotFix(f"{_show(path)} is not written out in the text")
-        node = child
-    return node
-
-
-def _find_key(node: yaml.MappingNode, name: str) -> tuple[yaml.Node, yaml.Node] | None:
-    for key, value in reversed(node.value):  # the last duplicate wins, as when loading
-        if isinstance(key, yaml.ScalarNode) and key.tag == _STR and key.value == name:
-            return key, value
-    return None
+    found = manifests.locate(root, path)
+    if found.depth < len(path):
+        # e.g. a field that comes from a `<<` merge key: the text has no place for it.
+        raise CannotFix(f"{_show(path)} is not written out in the text")
+    return found.node
 
 
 def _extend_created(
