@@ -538,7 +538,7 @@ class Engine:
                 now_ns,
                 DROP_RULE,
                 DROP_PRIORITY,
-                f"{n} events lost: the kernel ring buffer was full (drops={n})",
+                f"{n} events lost: the ring buffer was full or records were unreadable (drops={n})",
                 {"podlock.drops": n},
                 ("podlock_internal",),
                 self.hostname,
