@@ -197,20 +197,16 @@ def load_detector_settings(
     )
 
 
-def _read_text(path: str) -> str:
+def _read_text(path: str, what: str = "rules file") -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
-        raise ConfigError(f"rules file {path}: cannot read it: {reason}") from None
+        raise ConfigError(f"{what} {path}: cannot read it: {reason}") from None
 
 
 def _read_config(path: str) -> dict[str, Any]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
-        raise ConfigError(f"config file {path}: cannot read it: {reason}") from None
+    text = _read_text(path, "config file")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
