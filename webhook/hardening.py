@@ -13,7 +13,6 @@ import functools
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from webhook.config import ImageProfile, Settings, normalize_path
@@ -35,11 +34,13 @@ class Add(NamedTuple):
     value: Any
 
 
-@dataclass(frozen=True, slots=True)
-class Hardening:
+class Hardening(NamedTuple):
     ops: tuple[Add, ...]
     changes: tuple[str, ...]  # per changed container, "set …": admission warnings say what
     notes: tuple[str, ...]  # what was asked for but not done, and why
+
+
+NOTHING = Hardening((), (), ())
 
 
 def plan(ref: PodSpecRef, settings: Settings) -> list[Add]:
@@ -53,51 +54,70 @@ def plan_hardening(
 
     With `only_ephemeral`, only the named ephemeral containers are considered and no volumes
     are added: a running pod's volumes cannot change (a pods/ephemeralcontainers UPDATE).
+    (Runs on every admission: written for speed, without a helper per step.)
     """
     spec = ref.spec
     if ref.is_windows:  # the API server rejects readOnlyRootFilesystem on Windows pods
-        return Hardening((), (), ())
+        return NOTHING
     if WRITABLE_ROOT not in settings.enabled_rules:  # the rule this plan satisfies is off
-        return Hardening((), (), ())
+        return NOTHING
     ephemeral = None if only_ephemeral is None else frozenset(only_ephemeral)
-    requested, notes = parse_writable_paths(ref.annotations.get(WRITABLE_PATHS_KEY, ""), settings)
+    annotation = ref.annotations.get(WRITABLE_PATHS_KEY)
+    if annotation and isinstance(annotation, str):
+        requested, notes = parse_writable_paths(annotation, settings)
+    else:
+        requested, notes = {}, []
 
     volumes = spec.get("volumes")
     can_add_volumes = ephemeral is None and (volumes is None or isinstance(volumes, list))
     if ephemeral is None and not can_add_volumes:
         notes.append("spec.volumes is not a list: no emptyDir volumes added")
     taken = _volume_names(volumes)
+    empty_dir = _empty_dir(settings)
     new_volumes: list[dict[str, Any]] = []
     ops: list[Add] = []
     changes: list[str] = []
 
     for ref_c in containers(spec):
-        if ephemeral is not None and (
-            ref_c.group != "ephemeralContainers" or ref_c.name not in ephemeral
-        ):
+        group, at, name, container = ref_c
+        if ephemeral is not None and (group != "ephemeralContainers" or name not in ephemeral):
             continue
-        context = ref_c.container.get("securityContext")
-        if context is not None and not isinstance(context, dict):
-            notes.append(f'container "{ref_c.name}": securityContext is not a mapping: left alone')
-            continue
-        if context is not None and context.get("readOnlyRootFilesystem") is not None:
-            continue  # true stays as written; anything else is validation's to refuse
+        context = container.get("securityContext")
         if context is None:
-            ops.append(Add((*ref_c.path, "securityContext"), {"readOnlyRootFilesystem": True}))
+            ops.append(Add((*at, "securityContext"), {"readOnlyRootFilesystem": True}))
+        elif not isinstance(context, dict):
+            notes.append(f'container "{name}": securityContext is not a mapping: left alone')
+            continue
+        elif context.get("readOnlyRootFilesystem") is not None:
+            continue  # true stays as written; anything else is validation's to refuse
         else:
-            ops.append(Add((*ref_c.path, "securityContext", "readOnlyRootFilesystem"), True))
-        change = f'set readOnlyRootFilesystem: true on container "{ref_c.name}"'
-        if can_add_volumes and ref_c.group != "ephemeralContainers":
-            wanted = writable_paths_for(ref_c, settings, requested)
-            mounts, mount_notes = _mounts_for(ref_c, wanted, taken, new_volumes, settings)
-            notes.extend(mount_notes)
-            ops.extend(_extend(ref_c.container, (*ref_c.path,), "volumeMounts", mounts))
-            if mounts:
-                paths = ", ".join(m["mountPath"] for m in mounts)
-                change += f", emptyDir at {paths}"
+            ops.append(Add((*at, "securityContext", "readOnlyRootFilesystem"), True))
+        change = f'set readOnlyRootFilesystem: true on container "{name}"'
+        if can_add_volumes and group != "ephemeralContainers":
+            existing = container.get("volumeMounts")
+            if existing is not None and not isinstance(existing, list):
+                notes.append(f'container "{name}": volumeMounts is not a list: no emptyDir added')
+            elif paths := _unmounted(writable_paths_for(ref_c, settings, requested), existing):
+                mounts = []
+                for path in paths:
+                    volume = _volume_name(name, path)
+                    if volume in taken:
+                        volume = _unique_name(volume, taken)
+                    taken.add(volume)
+                    new_volumes.append({"name": volume, "emptyDir": empty_dir.copy()})
+                    mounts.append({"name": volume, "mountPath": path})
+                if existing is None:  # absent or null: the list is created with the mounts
+                    ops.append(Add((*at, "volumeMounts"), mounts))
+                else:
+                    ops += [Add((*at, "volumeMounts", "-"), mount) for mount in mounts]
+                change += f", emptyDir at {', '.join(paths)}"
         changes.append(_shorten(change))
 
-    ops.extend(_extend(spec, (), "volumes", new_volumes))
+    if new_volumes:
+        if volumes is None:
+            ops.append(Add(("volumes",), new_volumes))
+        else:
+            ops += [Add(("volumes", "-"), volume) for volume in new_volumes]
     return Hardening(tuple(ops), tuple(changes), tuple(notes))
 
 
@@ -108,6 +128,8 @@ def writable_paths_for(
     image = ref.container.get("image")
     profiled = _profile_paths(image, settings.image_profiles) if isinstance(image, str) else ()
     extra = requested.get("*", ()) + requested.get(ref.name, ()) if requested else ()
+    if not profiled and not extra:
+        return _outermost(settings.default_writable_paths)
     return _outermost((*settings.default_writable_paths, *profiled, *extra))
 
 
@@ -128,43 +150,27 @@ def _outermost(paths: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(p for p in unique if not any(_covers(o, p) for o in unique if o != p))
 
 
-def _mounts_for(
-    ref: ContainerRef,
-    wanted: Sequence[str],
-    taken: set[str],
-    new_volumes: list[dict[str, Any]],
-    settings: Settings,
-) -> tuple[list[dict[str, Any]], list[str]]:
-    existing = ref.container.get("volumeMounts")
-    if existing is not None and not isinstance(existing, list):
-        return [], [f'container "{ref.name}": volumeMounts is not a list: no emptyDir added']
+def _unmounted(wanted: Sequence[str], existing: list[Any] | None) -> list[str]:
+    """The wanted paths that no existing mount covers (a mount covers everything below it)."""
     mounted = {
         normalize_path(m["mountPath"])
         for m in existing or ()
         if isinstance(m, dict) and isinstance(m.get("mountPath"), str) and m["mountPath"]
     }
-    # A mount covers its own path and everything below it (str.startswith takes a tuple).
-    below = tuple(mount.rstrip("/") + "/" for mount in mounted)
-    mounts: list[dict[str, Any]] = []
-    for path in wanted:
-        if path in mounted or path.startswith(below):
-            continue
-        name = _unique_name(f"podlock-{_slug(ref.name)}-{_slug(path)}", taken)
-        taken.add(name)
-        new_volumes.append({"name": name, "emptyDir": _empty_dir(settings)})
-        mounts.append({"name": name, "mountPath": path})
-    return mounts, []
+    if not mounted:
+        return list(wanted)
+    below = tuple([mount.rstrip("/") + "/" for mount in mounted])  # startswith takes a tuple
+    return [path for path in wanted if path not in mounted and not path.startswith(below)]
 
 
-def _extend(
-    parent: Mapping[str, Any], at: Path, key: str, items: list[dict[str, Any]]
-) -> list[Add]:
-    """Ops that append items to parent[key], creating the list when it is missing or null."""
-    if not items:
-        return []
-    if parent.get(key) is None:
-        return [Add((*at, key), items)]
-    return [Add((*at, key, "-"), item) for item in items]
+@functools.lru_cache(maxsize=4096)
+def _volume_name(container: str, path: str) -> str:
+    """A DNS label: names too long keep a digest of the whole."""
+    name = f"podlock-{_slug(container)}-{_slug(path)}"
+    if len(name) > MAX_NAME:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+        name = f"{name[: MAX_NAME - 9].rstrip('-')}-{digest}"
+    return name
 
 
 def _empty_dir(settings: Settings) -> dict[str, str]:
@@ -188,9 +194,6 @@ def _slug(text: str) -> str:
 
 
 def _unique_name(base: str, taken: set[str]) -> str:
-    if len(base) > MAX_NAME:
-        digest = hashlib.sha256(base.encode()).hexdigest()[:8]
-        base = f"{base[: MAX_NAME - 9].rstrip('-')}-{digest}"
     name, counter = base, 2
     while name in taken:
         suffix = f"-{counter}"
@@ -271,7 +274,8 @@ def pointer(path: Path) -> str:
 
 
 def to_json_patch(ops: Iterable[Add], prefix: Path) -> list[dict[str, Any]]:
-    return [{"op": "add", "path": pointer((*prefix, *op.path)), "value": op.value} for op in ops]
+    base = pointer(prefix)
+    return [{"op": "add", "path": base + pointer(op.path), "value": op.value} for op in ops]
 
 
 def apply(doc: Any, ops: Sequence[Add], prefix: Path = ()) -> Any:

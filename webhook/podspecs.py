@@ -7,7 +7,6 @@ raises on odd input: anything that is not shaped like a pod spec is simply not o
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 Path = tuple[str | int, ...]
@@ -28,17 +27,20 @@ WORKLOAD_KINDS = frozenset(POD_SPEC_PATHS)
 CONTAINER_GROUPS = ("containers", "initContainers", "ephemeralContainers")
 
 
-@dataclass(frozen=True, slots=True)
-class PodSpecRef:
-    """A pod spec found in an object, with what the policy needs to know about it."""
+class PodSpecRef(NamedTuple):
+    """A pod spec found in an object, with what the policy needs to know about it.
+
+    (A NamedTuple: one is built for every admission, at a fraction of a frozen dataclass's cost.)
+    """
 
     kind: str
     name: str
     namespace: str  # "" when the manifest sets none
     path: Path  # from the document root to the pod spec
     spec: Mapping[str, Any]
-    annotations: Mapping[str, str] = field(default_factory=dict)  # of the pod (or template)
-    labels: Mapping[str, str] = field(default_factory=dict)
+    # Of the pod (or template), as written: a value that is not a string is checked where read.
+    annotations: Mapping[str, object]
+    labels: Mapping[str, object]
 
     @property
     def is_windows(self) -> bool:
@@ -70,12 +72,6 @@ def _get(obj: object, path: Path) -> object:
     return obj
 
 
-def _strings(value: object) -> Mapping[str, str]:
-    if not isinstance(value, dict):
-        return {}
-    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
-
-
 def pod_specs(doc: object, prefix: Path = ()) -> Iterator[PodSpecRef]:
     """Every pod spec in a document: a Pod, a workload's template, or items of a `kind: List`."""
     if not isinstance(doc, dict):
@@ -87,24 +83,33 @@ def pod_specs(doc: object, prefix: Path = ()) -> Iterator[PodSpecRef]:
             for index, item in enumerate(items):
                 yield from pod_specs(item, (*prefix, "items", index))
         return
-    if not isinstance(kind, str) or kind not in POD_SPEC_PATHS:
-        return
-    spec_path = POD_SPEC_PATHS[kind]
-    spec = _get(doc, spec_path)
+    if isinstance(kind, str):
+        ref = pod_spec(doc, kind, prefix)
+        if ref is not None:
+            yield ref
+
+
+def pod_spec(obj: Mapping[str, Any], kind: str, prefix: Path = ()) -> PodSpecRef | None:
+    """The pod spec of one object judged as `kind` (admission takes the kind from the request,
+    not from the object), or None when the kind has none or the object lacks it."""
+    spec_path = POD_SPEC_PATHS.get(kind)
+    if spec_path is None:
+        return None
+    spec = _get(obj, spec_path)
     if not isinstance(spec, dict):
-        return
-    metadata = mapping(doc.get("metadata"))
-    pod_metadata = metadata if kind == "Pod" else mapping(_get(doc, (*spec_path[:-1], "metadata")))
+        return None
+    metadata = mapping(obj.get("metadata"))
+    pod_metadata = metadata if kind == "Pod" else mapping(_get(obj, (*spec_path[:-1], "metadata")))
     name = metadata.get("name") or metadata.get("generateName") or ""
     namespace = metadata.get("namespace") or ""
-    yield PodSpecRef(
-        kind=kind,
-        name=name if isinstance(name, str) else str(name),
-        namespace=namespace if isinstance(namespace, str) else str(namespace),
-        path=(*prefix, *spec_path),
-        spec=spec,
-        annotations=_strings(pod_metadata.get("annotations")),
-        labels=_strings(pod_metadata.get("labels")),
+    return PodSpecRef(
+        kind,
+        name if isinstance(name, str) else str(name),
+        namespace if isinstance(namespace, str) else str(namespace),
+        (*prefix, *spec_path),
+        spec,
+        mapping(pod_metadata.get("annotations")),
+        mapping(pod_metadata.get("labels")),
     )
 
 

@@ -87,49 +87,46 @@ def evaluate(
     context: Context,
     only: Iterable[str] | None = None,
 ) -> list[Violation]:
-    """Judge every container of a pod spec (or only the containers named in `only`)."""
+    """Judge every container of a pod spec (or only the containers named in `only`).
+
+    Runs on every admission: the loop only tests, and a Violation is built only when one is found.
+    """
     names = None if only is None else frozenset(only)
     enabled = settings.enabled_rules
-    pod_context = mapping(spec.get("securityContext"))
-    windows = mapping(spec.get("os")).get("name") == "windows"
+    privileged = PRIVILEGED in enabled
+    root_user = ROOT_USER in enabled
+    writable_root = WRITABLE_ROOT in enabled and mapping(spec.get("os")).get("name") != "windows"
+    pod_root = _is_zero(mapping(spec.get("securityContext")).get("runAsUser"))
+    unset_breaks = context != "template"  # see Context
     found: list[Violation] = []
     for ref in containers(spec):
         if names is not None and ref.name not in names:
             continue
         context_of = mapping(ref.container.get("securityContext"))
-        context_path: Path = (*ref.path, "securityContext")
-        if PRIVILEGED in enabled and context_of.get("privileged") is True:
-            found.append(
-                Violation(PRIVILEGED, ref.name, (*context_path, "privileged"), "privileged is true")
-            )
-        if ROOT_USER in enabled:
-            violation = _root_user(ref, context_of, pod_context)
-            if violation is not None:
-                found.append(violation)
-        if WRITABLE_ROOT in enabled and not windows:
-            violation = _writable_root(ref, context_of, context)
-            if violation is not None:
-                found.append(violation)
+        if privileged and context_of.get("privileged") is True:
+            found.append(_violation(ref, PRIVILEGED, "privileged", "privileged is true"))
+        if root_user:
+            own = context_of.get("runAsUser")
+            if own is None and pod_root:
+                found.append(
+                    Violation(
+                        ROOT_USER,
+                        ref.name,
+                        ("securityContext", "runAsUser"),
+                        "runAsUser is 0 (inherited from the pod's securityContext)",
+                    )
+                )
+            elif own is not None and _is_zero(own):
+                found.append(_violation(ref, ROOT_USER, "runAsUser", "runAsUser is 0"))
+        if writable_root:
+            value = context_of.get("readOnlyRootFilesystem")
+            if value is not True and (value is not None or unset_breaks):
+                found.append(_writable_root(ref, value))
     return found
 
 
-def _root_user(
-    ref: ContainerRef, context_of: Mapping[str, Any], pod_context: Mapping[str, Any]
-) -> Violation | None:
-    own = context_of.get("runAsUser")
-    if own is not None:
-        if _is_zero(own):
-            path: Path = (*ref.path, "securityContext", "runAsUser")
-            return Violation(ROOT_USER, ref.name, path, "runAsUser is 0")
-        return None
-    if _is_zero(pod_context.get("runAsUser")):
-        return Violation(
-            ROOT_USER,
-            ref.name,
-            ("securityContext", "runAsUser"),
-            "runAsUser is 0 (inherited from the pod's securityContext)",
-        )
-    return None
+def _violation(ref: ContainerRef, rule: str, field: str, message: str) -> Violation:
+    return Violation(rule, ref.name, (*ref.path, "securityContext", field), message)
 
 
 def _is_zero(value: object) -> bool:
@@ -137,23 +134,14 @@ def _is_zero(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value == 0
 
 
-def _writable_root(
-    ref: ContainerRef, context_of: Mapping[str, Any], context: Context
-) -> Violation | None:
-    value = context_of.get("readOnlyRootFilesystem")
-    if value is True:
-        return None
+def _writable_root(ref: ContainerRef, value: object) -> Violation:
     if value is None:
-        if context == "template":
-            return None
         message = "readOnlyRootFilesystem is not set"
     elif value is False:
         message = "readOnlyRootFilesystem is false"
     else:
         message = f"readOnlyRootFilesystem is {value!r}, not true"
-    return Violation(
-        WRITABLE_ROOT, ref.name, (*ref.path, "securityContext", "readOnlyRootFilesystem"), message
-    )
+    return _violation(ref, WRITABLE_ROOT, "readOnlyRootFilesystem", message)
 
 
 def exemption(ref: PodSpecRef, namespace: str, settings: Settings) -> str | None:

@@ -22,7 +22,7 @@ import orjson
 from webhook import policy
 from webhook.config import Mode, Settings
 from webhook.hardening import plan_hardening, to_json_patch
-from webhook.podspecs import WORKLOAD_KINDS, PodSpecRef, containers, mapping, pod_specs
+from webhook.podspecs import WORKLOAD_KINDS, PodSpecRef, containers, mapping, pod_spec
 
 Endpoint = Literal["mutate", "validate"]
 MAX_BODY_BYTES = 6 * 1024 * 1024
@@ -39,8 +39,7 @@ class RequestError(Exception):
         self.message = message
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     body: bytes  # the serialized AdmissionReview response
     allowed: bool
     operation: str
@@ -124,10 +123,7 @@ def _text(value: object) -> str:
 
 def _pod_ref(request: _Request, obj: Mapping[str, Any]) -> PodSpecRef | None:
     """The pod spec of the request's object, judged as the request's kind says it is."""
-    if request.kind not in WORKLOAD_KINDS:
-        return None
-    typed = {**obj, "kind": request.kind}  # the kind of the request is authoritative
-    return next(pod_specs(typed), None)
+    return pod_spec(obj, request.kind)  # the kind of the request is authoritative
 
 
 def _new_ephemeral(request: _Request) -> frozenset[str]:
@@ -155,16 +151,16 @@ def _mutate(request: _Request, mode: Mode, settings: Settings) -> _Answer:
     if ref is None or policy.exemption(ref, request.namespace, settings):
         return _Answer()
     hardening = plan_hardening(ref, settings, only)
-    notes = tuple(f"podlock: {note}" for note in hardening.notes)
+    notes = [f"podlock: {note}" for note in hardening.notes]
     if not hardening.ops:
         return _Answer(warnings=_warnings(notes))
     rules = (policy.WRITABLE_ROOT,)
     if mode == "enforce":
         patch = to_json_patch(hardening.ops, ("spec",))
-        done = tuple(f"podlock {change}" for change in hardening.changes)
+        done = [f"podlock {change}" for change in hardening.changes]
         return _Answer(patch=patch, warnings=_warnings(done + notes), rules=rules)
     if mode == "warn":
-        would = tuple(f"podlock would {change}" for change in hardening.changes)
+        would = [f"podlock would {change}" for change in hardening.changes]
         return _Answer(warnings=_warnings(would + notes), rules=rules)
     return _Answer(audit={"mutations": "; ".join(hardening.changes)}, rules=rules)
 
@@ -260,7 +256,7 @@ def _weakest(action: str, mode: Mode) -> str:
 
 def _warnings(lines: Sequence[str]) -> tuple[str, ...]:
     return tuple(
-        line if len(line) <= MAX_WARNING else line[: MAX_WARNING - 1] + "…" for line in lines
+        [line if len(line) <= MAX_WARNING else line[: MAX_WARNING - 1] + "…" for line in lines]
     )
 
 
