@@ -9,16 +9,27 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CERTS := .certs
 
-# Debian packages: venv support for Debian's python3, the eBPF toolchain, and container
-# runtimes for the detector's end-to-end tests; the benchmarks also need a load tool.
-APT_PACKAGES := python3-venv clang llvm libbpf-dev bpftool runc containerd busybox-static umoci
+# Debian packages: venv support for Debian's python3, a C compiler and Python headers for the
+# compiled admission path, the eBPF toolchain, and container runtimes for the detector's
+# end-to-end tests; the benchmarks also need a load tool.
+APT_PACKAGES := python3-venv python3-dev gcc clang llvm libbpf-dev bpftool runc containerd \
+	busybox-static umoci
 BENCH_APT_PACKAGES := wrk
 
 BPF_DIR := detector/bpf
 BPF_SRC := $(wildcard $(BPF_DIR)/*.bpf.c)
 BPF_OBJ := $(BPF_SRC:.bpf.c=.bpf.o)
 
-.PHONY: run test lint typecheck unit bench bpf system-deps bench-deps venv clean
+# The admission path compiled with mypyc: the same typed source, built into .so files beside
+# it (git-ignored), which Python imports before the .py. A review costs about two thirds as
+# much (BENCHMARKS.md). webhook/__init__.py refuses a build older than its source.
+COMPILED := webhook/podspecs.py webhook/policy.py webhook/hardening.py webhook/review.py
+COMPILED_STAMP := build/compiled.stamp
+MYPYC_BUILD := import sys; from mypyc.build import mypycify; from setuptools import setup; \
+	setup(name="podlock-compiled", script_args=["--quiet", "build_ext", "--inplace", \
+	"--build-temp", "build/mypyc"], ext_modules=mypycify(sys.argv[1:], group_name="webhook._compiled"))
+
+.PHONY: run test lint typecheck unit bench bpf compile system-deps bench-deps venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +38,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+$(COMPILED_STAMP): $(COMPILED) webhook/config.py $(STAMP) | system-deps
+	rm -f webhook/*.so
+	$(BIN)/python -W ignore -c '$(MYPYC_BUILD)' $(COMPILED)
+	touch webhook/*.so $@  # build_ext keeps the times of an unchanged build
+
+compile: $(COMPILED_STAMP)
 
 # Installs only what is missing, so a machine that has everything pays nothing.
 apt_install = @missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -56,19 +74,19 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) bpf
+unit: $(STAMP) bpf compile
 	$(BIN)/pytest
 
-test: system-deps $(STAMP) bpf lint typecheck unit
+test: system-deps $(STAMP) bpf compile lint typecheck unit
 
 # Development certificates (git-ignored) on first run, then the webhook on https://127.0.0.1:8443.
-run: system-deps $(STAMP)
+run: system-deps $(STAMP) compile
 	@test -f $(CERTS)/tls.crt -a -f $(CERTS)/tls.key || \
 	  $(BIN)/podlock certs generate --out $(CERTS) --host 127.0.0.1 --host localhost
 	$(BIN)/podlock serve --bind 127.0.0.1:8443 --cert $(CERTS)/tls.crt --key $(CERTS)/tls.key
 
-bench: system-deps bench-deps $(STAMP) bpf
+bench: system-deps bench-deps $(STAMP) bpf compile
 	$(BIN)/python tests/bench/run_all.py
 
 clean:
-	rm -rf $(VENV) $(CERTS) $(BPF_DIR)/*.o $(BPF_DIR)/vmlinux.h
+	rm -rf $(VENV) $(CERTS) $(BPF_DIR)/*.o $(BPF_DIR)/vmlinux.h build webhook/*.so

@@ -188,7 +188,7 @@ def _validate(request: _Request, mode: Mode, settings: Settings) -> _Answer:
         return _Answer()
     if not violations:
         return _Answer()
-    rules = tuple(dict.fromkeys(v.rule for v in violations))
+    rules = tuple(dict.fromkeys([v.rule for v in violations]))
     lines = [v.describe() for v in violations]
     if mode == "enforce":
         subject = f"{request.kind} {request.namespace}/{_object_name(request)}"
