@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from lint_support import corpus_dir
+from corpus import corpus_dir
 
 from webhook import manifests
 from webhook.config import Settings

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from lint_support import check_fix_invariants, corpus_dir, run
+from corpus import corpus_dir
+from lint_support import check_fix_invariants, run
 
 from webhook.config import Settings
 from webhook.lint import lint_paths

@@ -7,100 +7,19 @@ Inputs: arbitrary JSON, arbitrary bytes, and the example Pod review mutated at r
 from __future__ import annotations
 
 import base64
-import copy
 import json
-from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from http_support import EXAMPLE, Server
+from http_support import Server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from review_bodies import EXAMPLE_DOC, bodies, changed
 
 from webhook.app import create_app
 from webhook.config import load_settings
 
-EXAMPLE_DOC: dict[str, Any] = json.loads(EXAMPLE.read_bytes())
 PATHS = ("/mutate", "/validate", "/mutate/warn", "/validate/audit", "/validate/warn")
-
-odd_text = st.one_of(
-    st.text(max_size=20),
-    st.sampled_from(["", "/", "..", "0", "\x00", "é" * 3, "true", "null", "CREATE", "Pod"]),
-    st.builds(lambda n: "x" * n, st.integers(1000, 100_000)),
-)
-scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=False, allow_infinity=False),
-    odd_text,
-)
-json_values = st.recursive(
-    scalars,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=5),
-        st.dictionaries(st.text(max_size=12), inner, max_size=5),
-    ),
-    max_leaves=20,
-)
-
-
-def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix]
-    if isinstance(doc, dict):
-        for k, v in doc.items():
-            out += _paths(v, (*prefix, k))
-    elif isinstance(doc, list):
-        for i, v in enumerate(doc):
-            out += _paths(v, (*prefix, i))
-    return out
-
-
-ALL_PATHS = [p for p in _paths(EXAMPLE_DOC) if p]
-
-
-def _mutate(doc: Any, path: tuple[Any, ...], value: Any, delete: bool) -> Any:
-    doc = copy.deepcopy(doc)
-    parent = doc
-    for step in path[:-1]:
-        parent = parent[step]
-    if delete:
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = value
-    return doc
-
-
-@st.composite
-def mutated_reviews(draw: st.DrawFn) -> bytes:
-    doc: Any = EXAMPLE_DOC
-    for _ in range(draw(st.integers(1, 5))):
-        live = [p for p in _paths(doc) if p]
-        if not live:
-            break
-        path = draw(st.sampled_from(live))
-        doc = _mutate(doc, path, draw(json_values), draw(st.booleans()))
-    return json.dumps(doc).encode()
-
-
-@st.composite
-def wrapped_values(draw: st.DrawFn) -> bytes:
-    """A valid envelope around any request object, so the core gets past the uid check."""
-    request = draw(st.dictionaries(st.text(max_size=12), json_values, max_size=8))
-    request["uid"] = draw(st.text(min_size=1, max_size=40))
-    for key in ("object", "oldObject", "kind", "operation", "namespace", "subResource"):
-        if draw(st.booleans()):
-            request[key] = draw(json_values)
-    review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
-    return json.dumps(review).encode()
-
-
-bodies = st.one_of(
-    mutated_reviews(),
-    wrapped_values(),
-    json_values.map(lambda v: json.dumps(v).encode()),
-    st.binary(max_size=200),
-)
 
 
 def _uid(body: bytes) -> object:
@@ -154,10 +73,10 @@ def test_every_answer_is_well_formed(client: FlaskClient, body: bytes, path: str
         b"[" * 100_000 + b"]" * 100_000,  # nesting deeper than Python's recursion limit
         b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
         json.dumps(
-            _mutate(EXAMPLE_DOC, ("request", "object", "spec", "containers"), [[[[]]]] * 50, False)
+            changed(EXAMPLE_DOC, ("request", "object", "spec", "containers"), [[[[]]]] * 50, False)
         ).encode(),
-        json.dumps(_mutate(EXAMPLE_DOC, ("request", "uid"), {"nested": "uid"}, False)).encode(),
-        json.dumps(_mutate(EXAMPLE_DOC, ("request", "uid"), "u" * 100_000, False)).encode(),
+        json.dumps(changed(EXAMPLE_DOC, ("request", "uid"), {"nested": "uid"}, False)).encode(),
+        json.dumps(changed(EXAMPLE_DOC, ("request", "uid"), "u" * 100_000, False)).encode(),
         b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": "1",'
         b' "object": {"spec": {"containers": [{"securityContext": {"privileged": "yes"}}]}}}}',
     ],
