@@ -23,6 +23,7 @@ from webhook import policy
 from webhook.config import Mode, Settings
 from webhook.hardening import plan_hardening, to_json_patch
 from webhook.podspecs import WORKLOAD_KINDS, PodSpecRef, containers, mapping, pod_spec
+from webhook.projection import decode_review
 
 Endpoint = Literal["mutate", "validate"]
 MAX_BODY_BYTES = 6 * 1024 * 1024
@@ -91,7 +92,7 @@ def review(raw: bytes, endpoint: Endpoint, mode: Mode, settings: Settings) -> Ou
 
 def parse_request(raw: bytes) -> _Request:
     try:
-        data = orjson.loads(raw)
+        data = decode_review(raw)
     except orjson.JSONDecodeError as err:
         raise RequestError(400, f"request body is not JSON: {err}") from None
     if not isinstance(data, dict):

@@ -1,0 +1,124 @@
+"""The projected parse (webhook/projection.py) gives every answer the full parse gives: over the
+golden admission requests, every workload in the manifest corpus, and fuzzed bodies."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, get_args
+
+import msgspec
+import yaml
+from corpus import corpus_dir
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from review_bodies import EXAMPLE, bodies
+
+from webhook import projection
+from webhook.config import MODES, Mode, load_settings
+from webhook.podspecs import WORKLOAD_KINDS
+from webhook.review import Endpoint, RequestError, review
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "admission"
+ENDPOINTS: tuple[Endpoint, ...] = get_args(Endpoint)
+POLICY = load_settings(None)
+
+
+class _Unexpected:
+    """A decoder for which every body has an unexpected shape: decode_review parses it whole."""
+
+    def decode(self, raw: bytes) -> Any:
+        raise msgspec.ValidationError("forced full parse")
+
+
+@contextmanager
+def full_parse() -> Iterator[None]:
+    saved = projection._DECODER
+    projection._DECODER = _Unexpected()  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        projection._DECODER = saved
+
+
+def _answer(raw: bytes, endpoint: Endpoint, mode: Mode) -> object:
+    try:
+        return review(raw, endpoint, mode, POLICY)
+    except RequestError as err:
+        return (err.status, err.message)
+
+
+def assert_same_answer(raw: bytes, endpoint: Endpoint, mode: Mode) -> None:
+    projected = _answer(raw, endpoint, mode)
+    with full_parse():
+        whole = _answer(raw, endpoint, mode)
+    assert projected == whole, (endpoint, mode, raw[:300])
+
+
+def assert_same_answers(raw: bytes) -> None:
+    for endpoint in ENDPOINTS:
+        for mode in MODES:
+            assert_same_answer(raw, endpoint, mode)
+
+
+def test_the_projection_leaves_out_what_is_never_judged() -> None:
+    # Without this the tests below would pass with a schema that never matched anything.
+    pod = projection.decode_review(EXAMPLE.read_bytes())["request"]["object"]
+    container = pod["spec"]["containers"][0]
+    assert set(container) == {"name", "image", "securityContext", "volumeMounts"}
+    assert "tolerations" not in pod["spec"]
+
+
+def test_the_golden_requests() -> None:
+    requests = sorted(GOLDEN.glob("*.request.json"))
+    assert len(requests) > 10
+    for path in requests:
+        assert_same_answers(path.read_bytes())
+
+
+def _workloads() -> Iterator[dict[str, Any]]:
+    for path in sorted(corpus_dir().rglob("*.y*ml")):
+        try:
+            documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+        except (yaml.YAMLError, UnicodeDecodeError):
+            continue  # the corpus keeps a few broken files for the linter's error paths
+        for doc in documents:
+            items = doc.get("items") if isinstance(doc, dict) else None
+            for obj in items if isinstance(items, list) else [doc]:
+                if isinstance(obj, dict) and obj.get("kind") in WORKLOAD_KINDS:
+                    yield obj
+
+
+def _review_of(obj: dict[str, Any], operation: str) -> bytes:
+    kind = obj["kind"]
+    request = {
+        "uid": "corpus",
+        "kind": {"group": "", "version": "v1", "kind": kind},
+        "resource": {"resource": "pods" if kind == "Pod" else kind.lower() + "s"},
+        "namespace": "shop",
+        "operation": operation,
+        "object": obj,
+        "oldObject": obj if operation == "UPDATE" else None,
+    }
+    review_doc = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": request,
+    }
+    return json.dumps(review_doc, default=str).encode()  # YAML dates become strings, as in JSON
+
+
+def test_every_workload_in_the_corpus() -> None:
+    workloads = list(_workloads())
+    assert len(workloads) > 200
+    for obj in workloads:
+        for operation in ("CREATE", "UPDATE"):
+            assert_same_answers(_review_of(obj, operation))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=bodies, endpoint=st.sampled_from(ENDPOINTS), mode=st.sampled_from(MODES))
+def test_fuzzed_bodies(body: bytes, endpoint: Endpoint, mode: Mode) -> None:
+    assert_same_answer(body, endpoint, mode)

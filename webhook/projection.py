@@ -1,0 +1,115 @@
+"""Decode only the parts of an AdmissionReview that podlock reads.
+
+Most of a Pod review is what podlock never judges: env, resources, probes, ports, managed
+fields. msgspec decodes the body against the TypedDicts below and skips, without building them,
+the keys they do not name; the result is the same plain dicts and lists a full parse gives, only
+smaller, so the policy code cannot tell the difference. A body whose shape the schema does not
+expect (a null or a string where a list should be, not JSON at all) goes to the full parse
+instead, and is judged or refused exactly as before.
+
+Whoever makes podspecs, policy, hardening or review read another field names it here.
+tests/webhook/test_projection.py compares both parses over real manifests and fuzzed reviews.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+import msgspec
+import orjson
+
+
+class _Mount(TypedDict, total=False):
+    mountPath: Any
+
+
+class _Container(TypedDict, total=False):
+    name: Any
+    image: Any
+    securityContext: Any
+    volumeMounts: list[_Mount]
+
+
+class _Volume(TypedDict, total=False):
+    name: Any
+
+
+class _Metadata(TypedDict, total=False):
+    name: Any
+    generateName: Any
+    namespace: Any
+    annotations: Any
+    labels: Any
+
+
+class _Spec(TypedDict, total=False):
+    """A pod spec, or a workload's spec that holds one (see podspecs.POD_SPEC_PATHS)."""
+
+    containers: list[_Container]
+    initContainers: list[_Container]
+    ephemeralContainers: list[_Container]
+    volumes: list[_Volume]
+    securityContext: Any
+    os: Any
+    template: _Template
+    jobTemplate: _JobTemplate
+
+
+class _Template(TypedDict, total=False):
+    metadata: _Metadata
+    spec: _Spec
+
+
+class _JobTemplate(TypedDict, total=False):
+    spec: _Spec
+
+
+class _Object(TypedDict, total=False):
+    """Any kind's object; `container` and `command` are PodExecOptions' (a CONNECT)."""
+
+    metadata: _Metadata
+    spec: _Spec
+    container: Any
+    command: Any
+
+
+class _Kind(TypedDict, total=False):
+    kind: Any
+
+
+class _Resource(TypedDict, total=False):
+    resource: Any
+
+
+class _Request(TypedDict, total=False):
+    uid: Any
+    operation: Any
+    kind: _Kind
+    resource: _Resource
+    subResource: Any
+    namespace: Any
+    name: Any
+    object: _Object | None
+    oldObject: _Object | None
+
+
+class _Review(TypedDict, total=False):
+    apiVersion: Any
+    kind: Any
+    request: _Request
+
+
+_DECODER = msgspec.json.Decoder(_Review)
+
+
+def decode_review(raw: bytes) -> Any:
+    """The body as JSON, reduced to what podlock reads when it has the expected shape.
+
+    Raises orjson.JSONDecodeError when the body is not JSON.
+    """
+    try:
+        return _DECODER.decode(raw)
+    # DecodeError includes ValidationError (an unexpected shape); msgspec raises RecursionError
+    # on deep nesting, which orjson refuses with a message naming its limit.
+    except (msgspec.DecodeError, RecursionError):
+        return orjson.loads(raw)
