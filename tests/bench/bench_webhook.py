@@ -240,9 +240,13 @@ def _machine() -> list[str]:
     wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0]
     import gunicorn
 
+    import webhook.review
+
+    built = "compiled with mypyc" if (webhook.review.__file__ or "").endswith(".so") else "Python"
     return [
         f"- nproc {os.cpu_count()}, CPU {model}, kernel {platform.release()}",
         f"- Python {platform.python_version()}, gunicorn {gunicorn.__version__}, {wrk.strip()}",
+        f"- podlock's admission path (webhook/review.py and the policy core): {built}",
         f"- {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
     ]
 
