@@ -4,8 +4,10 @@ Most of a Pod review is what podlock never judges: env, resources, probes, ports
 fields. msgspec decodes the body against the TypedDicts below and skips, without building them,
 the keys they do not name; the result is the same plain dicts and lists a full parse gives, only
 smaller, so the policy code cannot tell the difference. A body whose shape the schema does not
-expect (a null or a string where a list should be, not JSON at all) goes to the full parse
-instead, and is judged or refused exactly as before.
+expect (a null or a string where a list should be) goes to the full parse instead and is
+judged as before; both parse numbers alike (an integer beyond 64 bits stays an integer, where
+orjson would make it a float). A body that is not JSON is refused with orjson's message, which
+names the line and column.
 
 Whoever makes podspecs, policy, hardening or review read another field names it here.
 tests/webhook/test_projection.py compares both parses over real manifests and fuzzed reviews.
@@ -100,16 +102,21 @@ class _Review(TypedDict, total=False):
 
 
 _DECODER = msgspec.json.Decoder(_Review)
+_WHOLE = msgspec.json.Decoder()  # the full parse, with the same numbers as the projection
 
 
 def decode_review(raw: bytes) -> Any:
     """The body as JSON, reduced to what podlock reads when it has the expected shape.
 
-    Raises orjson.JSONDecodeError when the body is not JSON.
+    Raises orjson.JSONDecodeError, which names the line and column, when the body is not JSON.
     """
-    try:
-        return _DECODER.decode(raw)
     # DecodeError includes ValidationError (an unexpected shape); msgspec raises RecursionError
     # on deep nesting, which orjson refuses with a message naming its limit.
+    try:
+        return _DECODER.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        pass
+    try:
+        return _WHOLE.decode(raw)
     except (msgspec.DecodeError, RecursionError):
         return orjson.loads(raw)

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any, get_args
 
 import msgspec
+import pytest
 import yaml
 from corpus import corpus_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from review_bodies import EXAMPLE, bodies
+from review_bodies import EXAMPLE, EXAMPLE_DOC, bodies, changed
 
 from webhook import projection
 from webhook.config import MODES, Mode, load_settings
@@ -69,6 +70,23 @@ def test_the_projection_leaves_out_what_is_never_judged() -> None:
     container = pod["spec"]["containers"][0]
     assert set(container) == {"name", "image", "securityContext", "volumeMounts"}
     assert "tolerations" not in pod["spec"]
+
+
+def test_numbers_read_the_same_either_way() -> None:
+    # orjson reads an integer beyond 64 bits as a float; both of podlock's parses keep it exact.
+    path = ("request", "object", "spec", "containers", 1, "securityContext")
+    doc = changed(EXAMPLE_DOC, (*path, "readOnlyRootFilesystem"), 2**70, False)
+    raw = json.dumps(doc).encode()
+    assert_same_answers(raw)
+    assert (
+        f"readOnlyRootFilesystem is {2**70}, not true"
+        in review(raw, "validate", "enforce", POLICY).body.decode()
+    )
+
+
+def test_a_body_that_is_not_json_is_refused_with_its_position() -> None:
+    with pytest.raises(RequestError, match=r"not JSON: .*line 1 column 13"):
+        review(b'{"kind": 1, ]', "mutate", "enforce", POLICY)
 
 
 def test_the_golden_requests() -> None:
