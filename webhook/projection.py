@@ -7,7 +7,9 @@ smaller, so the policy code cannot tell the difference. A body whose shape the s
 expect (a null or a string where a list should be) goes to the full parse instead and is
 judged as before; both parse numbers alike (an integer beyond 64 bits stays an integer, where
 orjson would make it a float). A body that is not JSON is refused with orjson's message, which
-names the line and column.
+names the line and column. msgspec does not check what it skips: a bad UTF-8 byte or an
+out-of-range number in a field podlock never reads leaves the body judged on the fields it does
+read, where a full parse would refuse it (the API server never sends such a body).
 
 Whoever makes podspecs, policy, hardening or review read another field names it here.
 tests/webhook/test_projection.py compares both parses over real manifests and fuzzed reviews.
@@ -111,12 +113,12 @@ def decode_review(raw: bytes) -> Any:
     Raises orjson.JSONDecodeError, which names the line and column, when the body is not JSON.
     """
     # DecodeError includes ValidationError (an unexpected shape); msgspec raises RecursionError
-    # on deep nesting, which orjson refuses with a message naming its limit.
+    # on deep nesting and UnicodeDecodeError (a ValueError) on a bad byte in a string it builds.
     try:
         return _DECODER.decode(raw)
-    except (msgspec.DecodeError, RecursionError):
+    except (msgspec.DecodeError, RecursionError, ValueError):
         pass
     try:
         return _WHOLE.decode(raw)
-    except (msgspec.DecodeError, RecursionError):
+    except (msgspec.DecodeError, RecursionError, ValueError):
         return orjson.loads(raw)

@@ -3,6 +3,7 @@ golden admission requests, every workload in the manifest corpus, and fuzzed bod
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from review_bodies import EXAMPLE, EXAMPLE_DOC, bodies, changed
 
 from webhook import projection
 from webhook.config import MODES, Mode, load_settings
-from webhook.podspecs import WORKLOAD_KINDS
+from webhook.podspecs import POD_SPEC_PATHS, WORKLOAD_KINDS
 from webhook.review import Endpoint, RequestError, review
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "admission"
@@ -89,6 +90,18 @@ def test_a_body_that_is_not_json_is_refused_with_its_position() -> None:
         review(b'{"kind": 1, ]', "mutate", "enforce", POLICY)
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [b'"\xff"', json.dumps(EXAMPLE_DOC).encode().replace(b'"shop"', b'"sh\xffop"')],
+    ids=["bare", "in-a-field-podlock-reads"],
+)
+def test_bad_utf8_is_refused_not_crashed_on(raw: bytes) -> None:
+    assert b"\xff" in raw
+    for endpoint in ENDPOINTS:
+        with pytest.raises(RequestError, match="not JSON"):
+            review(raw, endpoint, "enforce", POLICY)
+
+
 def test_the_golden_requests() -> None:
     requests = sorted(GOLDEN.glob("*.request.json"))
     assert len(requests) > 10
@@ -109,6 +122,17 @@ def _workloads() -> Iterator[dict[str, Any]]:
                     yield obj
 
 
+def _without_containers(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object before an UPDATE that added all its containers: /validate judges every one."""
+    old = copy.deepcopy(obj)
+    spec: Any = old
+    for step in POD_SPEC_PATHS[obj["kind"]]:
+        spec = spec.get(step) if isinstance(spec, dict) else None
+    if isinstance(spec, dict):
+        spec["containers"] = []
+    return old
+
+
 def _review_of(obj: dict[str, Any], operation: str) -> bytes:
     kind = obj["kind"]
     request = {
@@ -118,7 +142,7 @@ def _review_of(obj: dict[str, Any], operation: str) -> bytes:
         "namespace": "shop",
         "operation": operation,
         "object": obj,
-        "oldObject": obj if operation == "UPDATE" else None,
+        "oldObject": _without_containers(obj) if operation == "UPDATE" else None,
     }
     review_doc = {
         "apiVersion": "admission.k8s.io/v1",
