@@ -39,12 +39,16 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-$(COMPILED_STAMP): $(COMPILED) webhook/config.py $(STAMP) | system-deps
+$(COMPILED_STAMP): $(COMPILED) webhook/config.py webhook/projection.py $(STAMP) | system-deps
 	rm -f webhook/*.so
 	$(BIN)/python -W ignore -c '$(MYPYC_BUILD)' $(COMPILED)
 	touch webhook/*.so $@  # build_ext keeps the times of an unchanged build
 
-compile: $(COMPILED_STAMP)
+# The stamp alone would not notice .so files deleted by hand (to run the plain source for a
+# while): a missing one makes the stamp stale too.
+compile:
+	@for module in $(COMPILED:.py=); do ls $$module.*.so >/dev/null 2>&1 || rm -f $(COMPILED_STAMP); done
+	@$(MAKE) --no-print-directory $(COMPILED_STAMP)
 
 # Installs only what is missing, so a machine that has everything pays nothing.
 apt_install = @missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
