@@ -79,7 +79,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP) bpf compile
-	$(BIN)/pytest
+	PODLOCK_COMPILED=1 $(BIN)/pytest
 
 test: system-deps $(STAMP) bpf compile lint typecheck unit
 
