@@ -22,7 +22,7 @@ BPF_OBJ := $(BPF_SRC:.bpf.c=.bpf.o)
 
 # The admission path compiled with mypyc: the same typed source, built into .so files beside
 # it (git-ignored), which Python imports before the .py. A review costs about two thirds as
-# much (BENCHMARKS.md). webhook/__init__.py refuses a build older than its source.
+# much (README, Design). webhook/__init__.py refuses a build older than its source.
 COMPILED := webhook/podspecs.py webhook/policy.py webhook/hardening.py webhook/review.py
 COMPILED_STAMP := build/compiled.stamp
 MYPYC_BUILD := import sys; from mypyc.build import mypycify; from setuptools import setup; \

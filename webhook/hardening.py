@@ -128,8 +128,6 @@ def writable_paths_for(
     image = ref.container.get("image")
     profiled = _profile_paths(image, settings.image_profiles) if isinstance(image, str) else ()
     extra = requested.get("*", ()) + requested.get(ref.name, ()) if requested else ()
-    if not profiled and not extra:
-        return _outermost(settings.default_writable_paths)
     return _outermost((*settings.default_writable_paths, *profiled, *extra))
 
 
