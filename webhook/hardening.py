@@ -13,7 +13,7 @@ import functools
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from webhook.config import ImageProfile, Settings, normalize_path
 from webhook.podspecs import ContainerRef, Path, PodSpecRef, containers
@@ -23,21 +23,33 @@ WRITABLE_PATHS_KEY = "podlock.io/writable-paths"
 MAX_NAME = 63  # volume names are DNS labels
 
 
-class Add(NamedTuple):
+class Add:
     """One RFC 6902 "add": a new key in a mapping, or (last segment "-") a list append.
 
     Adding a key that exists with a null value replaces the null, as RFC 6902 says.
-    (A NamedTuple, not a dataclass: plans are built on every admission and this is cheaper.)
     """
 
-    path: Path  # relative to the pod spec
-    value: Any
+    def __init__(self, path: Path, value: Any) -> None:
+        self.path = path  # relative to the pod spec
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Add) and (self.path, self.value) == (other.path, other.value)
+
+    def __repr__(self) -> str:
+        return f"Add({self.path!r}, {self.value!r})"
 
 
-class Hardening(NamedTuple):
-    ops: tuple[Add, ...]
-    changes: tuple[str, ...]  # per changed container, "set …": admission warnings say what
-    notes: tuple[str, ...]  # what was asked for but not done, and why
+class Hardening:
+    def __init__(
+        self,
+        ops: tuple[Add, ...],
+        changes: tuple[str, ...],  # per changed container, "set …": admission warnings say what
+        notes: tuple[str, ...],  # what was asked for but not done, and why
+    ) -> None:
+        self.ops = ops
+        self.changes = changes
+        self.notes = notes
 
 
 NOTHING = Hardening((), (), ())
@@ -79,7 +91,7 @@ def plan_hardening(
     changes: list[str] = []
 
     for ref_c in containers(spec):
-        group, at, name, container = ref_c
+        group, at, name, container = ref_c.group, ref_c.path, ref_c.name, ref_c.container
         if ephemeral is not None and (group != "ephemeralContainers" or name not in ephemeral):
             continue
         context = container.get("securityContext")

@@ -7,7 +7,7 @@ raises on odd input: anything that is not shaped like a pod spec is simply not o
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 Path = tuple[str | int, ...]
 
@@ -27,20 +27,31 @@ WORKLOAD_KINDS = frozenset(POD_SPEC_PATHS)
 CONTAINER_GROUPS = ("containers", "initContainers", "ephemeralContainers")
 
 
-class PodSpecRef(NamedTuple):
+class PodSpecRef:
     """A pod spec found in an object, with what the policy needs to know about it.
 
-    (A NamedTuple: one is built for every admission, at a fraction of a frozen dataclass's cost.)
+    Plain classes here and in the planner, not NamedTuples: compiled by mypyc they are native
+    objects, while a NamedTuple is built by a Python-level `__new__` on every admission.
     """
 
-    kind: str
-    name: str
-    namespace: str  # "" when the manifest sets none
-    path: Path  # from the document root to the pod spec
-    spec: Mapping[str, Any]
-    # Of the pod (or template), as written: a value that is not a string is checked where read.
-    annotations: Mapping[str, object]
-    labels: Mapping[str, object]
+    def __init__(
+        self,
+        kind: str,
+        name: str,
+        namespace: str,  # "" when the manifest sets none
+        path: Path,  # from the document root to the pod spec
+        spec: Mapping[str, Any],
+        # Of the pod (or template), as written: a value that is not a string is checked where read.
+        annotations: Mapping[str, object],
+        labels: Mapping[str, object],
+    ) -> None:
+        self.kind = kind
+        self.name = name
+        self.namespace = namespace
+        self.path = path
+        self.spec = spec
+        self.annotations = annotations
+        self.labels = labels
 
     @property
     def is_windows(self) -> bool:
@@ -48,14 +59,18 @@ class PodSpecRef(NamedTuple):
         return isinstance(os_spec, dict) and os_spec.get("name") == "windows"
 
 
-class ContainerRef(NamedTuple):
-    # A NamedTuple, built for every container of every admission at a third of the cost of a
-    # frozen dataclass; `path` is a field, not a property: the planner and the rules read it
-    # several times per container. (No `index` field: it would shadow tuple.index.)
-    group: str  # containers | initContainers | ephemeralContainers
-    path: Path  # (group, index in that list), from the pod spec
-    name: str
-    container: Mapping[str, Any]
+class ContainerRef:
+    def __init__(
+        self,
+        group: str,  # containers | initContainers | ephemeralContainers
+        path: Path,  # (group, index in that list), from the pod spec
+        name: str,
+        container: Mapping[str, Any],
+    ) -> None:
+        self.group = group
+        self.path = path
+        self.name = name
+        self.container = container
 
 
 def mapping(value: object) -> Mapping[str, Any]:

@@ -12,10 +12,9 @@ two can never disagree. Error contract (what the HTTP layer turns into status co
 
 from __future__ import annotations
 
-import base64
+import binascii
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import orjson
 
@@ -40,35 +39,73 @@ class RequestError(Exception):
         self.message = message
 
 
-class Outcome(NamedTuple):
-    body: bytes  # the serialized AdmissionReview response
-    allowed: bool
-    operation: str
-    rules: tuple[str, ...]  # rules that fired, as violations or would-be violations
-    patched: bool
+class Outcome:
+    # Plain classes, not NamedTuples or dataclasses: compiled by mypyc they are native objects,
+    # while those are built by Python-level constructors on every admission.
+    def __init__(
+        self,
+        body: bytes,  # the serialized AdmissionReview response
+        allowed: bool,
+        operation: str,
+        rules: tuple[str, ...],  # rules that fired, as violations or would-be violations
+        patched: bool,
+    ) -> None:
+        self.body = body
+        self.allowed = allowed
+        self.operation = operation
+        self.rules = rules
+        self.patched = patched
+
+    def _fields(self) -> tuple[bytes, bool, str, tuple[str, ...], bool]:
+        return (self.body, self.allowed, self.operation, self.rules, self.patched)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Outcome) and self._fields() == other._fields()
+
+    def __repr__(self) -> str:
+        return f"Outcome{self._fields()!r}"
 
 
-class _Request(NamedTuple):
-    # A NamedTuple: built on every admission, and several times cheaper than a frozen dataclass.
-    uid: str
-    operation: str
-    kind: str
-    resource: str
-    sub_resource: str
-    namespace: str
-    name: str
-    obj: Mapping[str, Any]
-    old: Mapping[str, Any]
+class _Request:
+    def __init__(
+        self,
+        uid: str,
+        operation: str,
+        kind: str,
+        resource: str,
+        sub_resource: str,
+        namespace: str,
+        name: str,
+        obj: Mapping[str, Any],
+        old: Mapping[str, Any],
+    ) -> None:
+        self.uid = uid
+        self.operation = operation
+        self.kind = kind
+        self.resource = resource
+        self.sub_resource = sub_resource
+        self.namespace = namespace
+        self.name = name
+        self.obj = obj
+        self.old = old
 
 
-@dataclass(slots=True)
 class _Answer:
-    allowed: bool = True
-    message: str = ""
-    patch: list[dict[str, Any]] | None = None
-    warnings: tuple[str, ...] = ()
-    audit: Mapping[str, str] | None = None
-    rules: tuple[str, ...] = ()
+    def __init__(
+        self,
+        allowed: bool = True,
+        message: str = "",
+        patch: list[dict[str, Any]] | None = None,
+        warnings: tuple[str, ...] = (),
+        audit: Mapping[str, str] | None = None,
+        rules: tuple[str, ...] = (),
+    ) -> None:
+        self.allowed = allowed
+        self.message = message
+        self.patch = patch
+        self.warnings = warnings
+        self.audit = audit
+        self.rules = rules
 
 
 def review(raw: bytes, endpoint: Endpoint, mode: Mode, settings: Settings) -> Outcome:
@@ -267,7 +304,7 @@ def _serialize(uid: str, answer: _Answer) -> bytes:
         response["status"] = {"code": 403, "reason": "Forbidden", "message": answer.message}
     if answer.patch is not None:
         response["patchType"] = "JSONPatch"
-        response["patch"] = base64.b64encode(orjson.dumps(answer.patch)).decode()
+        response["patch"] = binascii.b2a_base64(orjson.dumps(answer.patch), newline=False).decode()
     if answer.warnings:
         response["warnings"] = list(answer.warnings)
     if answer.audit:
