@@ -10,7 +10,7 @@ import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal, NamedTuple, cast, get_args
 
 import yaml
 
@@ -31,8 +31,9 @@ class ConfigError(Exception):
     """The policy file is unusable; str() is one sentence for the user."""
 
 
-@dataclass(frozen=True, slots=True)
-class ImageProfile:
+class ImageProfile(NamedTuple):
+    # A NamedTuple: the planner's cache hashes the profiles on every admission, and a tuple's
+    # hash is computed in C where a frozen dataclass's is a Python-level method.
     name: str
     images: tuple[str, ...]  # repository names or shell-style patterns
     paths: tuple[str, ...]

@@ -138,20 +138,30 @@ def writable_paths_for(
 ) -> tuple[str, ...]:
     """Defaults, image profiles and the annotation, keeping only the outermost of nested paths."""
     image = ref.container.get("image")
-    profiled = _profile_paths(image, settings.image_profiles) if isinstance(image, str) else ()
+    base = _image_paths(
+        image if isinstance(image, str) else None,
+        settings.default_writable_paths,
+        settings.image_profiles,
+    )
     extra = requested.get("*", ()) + requested.get(ref.name, ()) if requested else ()
-    return _outermost((*settings.default_writable_paths, *profiled, *extra))
+    return _outermost((*base, *extra)) if extra else base
 
 
 @functools.lru_cache(maxsize=1024)
-def _profile_paths(image: str, profiles: tuple[ImageProfile, ...]) -> tuple[str, ...]:
+def _image_paths(
+    image: str | None, defaults: tuple[str, ...], profiles: tuple[ImageProfile, ...]
+) -> tuple[str, ...]:
+    """The defaults and the image's profile paths (cached: a cluster runs few images)."""
+    if image is None:
+        return _outermost(defaults)
     repo = image_repository(image)
-    return tuple(
+    profiled = (
         path
         for profile in profiles
         if any(fnmatch.fnmatchcase(repo, pattern) for pattern in profile.images)
         for path in profile.paths
     )
+    return _outermost((*defaults, *profiled))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -162,15 +172,14 @@ def _outermost(paths: tuple[str, ...]) -> tuple[str, ...]:
 
 def _unmounted(wanted: Sequence[str], existing: list[Any] | None) -> list[str]:
     """The wanted paths that no existing mount covers (a mount covers everything below it)."""
-    mounted = {
-        normalize_path(m["mountPath"])
-        for m in existing or ()
-        if isinstance(m, dict) and isinstance(m.get("mountPath"), str) and m["mountPath"]
-    }
-    if not mounted:
-        return list(wanted)
-    below = tuple([mount.rstrip("/") + "/" for mount in mounted])  # startswith takes a tuple
-    return [path for path in wanted if path not in mounted and not path.startswith(below)]
+    left = list(wanted)
+    for mount in existing or ():
+        path = mount.get("mountPath") if isinstance(mount, dict) else None
+        if isinstance(path, str) and path:
+            path = normalize_path(path)
+            below = "/" if path == "/" else path + "/"
+            left = [p for p in left if p != path and not p.startswith(below)]
+    return left
 
 
 @functools.lru_cache(maxsize=4096)
