@@ -27,10 +27,16 @@ class _Mount(TypedDict, total=False):
     mountPath: Any
 
 
+class _ContainerSecurity(TypedDict, total=False):
+    privileged: Any
+    runAsUser: Any
+    readOnlyRootFilesystem: Any
+
+
 class _Container(TypedDict, total=False):
     name: Any
     image: Any
-    securityContext: Any
+    securityContext: _ContainerSecurity | None
     volumeMounts: list[_Mount]
 
 
@@ -38,12 +44,27 @@ class _Volume(TypedDict, total=False):
     name: Any
 
 
+# Of a pod's annotations and labels, only podlock's own keys are read (policy.OPT_OUT_KEY,
+# hardening.WRITABLE_PATHS_KEY); test_projection checks that this list names them all.
+_PodlockKeys = TypedDict(
+    "_PodlockKeys", {"podlock.io/exempt": Any, "podlock.io/writable-paths": Any}, total=False
+)
+
+
 class _Metadata(TypedDict, total=False):
     name: Any
     generateName: Any
     namespace: Any
-    annotations: Any
-    labels: Any
+    annotations: _PodlockKeys | None
+    labels: _PodlockKeys | None
+
+
+class _PodSecurity(TypedDict, total=False):
+    runAsUser: Any
+
+
+class _OS(TypedDict, total=False):
+    name: Any
 
 
 class _Spec(TypedDict, total=False):
@@ -53,8 +74,8 @@ class _Spec(TypedDict, total=False):
     initContainers: list[_Container]
     ephemeralContainers: list[_Container]
     volumes: list[_Volume]
-    securityContext: Any
-    os: Any
+    securityContext: _PodSecurity | None
+    os: _OS | None
     template: _Template
     jobTemplate: _JobTemplate
 

@@ -19,8 +19,10 @@ from hypothesis import strategies as st
 from review_bodies import EXAMPLE, EXAMPLE_DOC, bodies, changed
 
 from webhook import projection
-from webhook.config import MODES, Mode, load_settings
+from webhook.config import MODES, Mode, Settings, load_settings
+from webhook.hardening import WRITABLE_PATHS_KEY
 from webhook.podspecs import POD_SPEC_PATHS, WORKLOAD_KINDS
+from webhook.policy import OPT_OUT_KEY
 from webhook.review import Endpoint, RequestError, review
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "admission"
@@ -45,24 +47,26 @@ def full_parse() -> Iterator[None]:
         projection._DECODER = saved
 
 
-def _answer(raw: bytes, endpoint: Endpoint, mode: Mode) -> object:
+def _answer(raw: bytes, endpoint: Endpoint, mode: Mode, policy: Settings) -> object:
     try:
-        return review(raw, endpoint, mode, POLICY)
+        return review(raw, endpoint, mode, policy)
     except RequestError as err:
         return (err.status, err.message)
 
 
-def assert_same_answer(raw: bytes, endpoint: Endpoint, mode: Mode) -> None:
-    projected = _answer(raw, endpoint, mode)
+def assert_same_answer(
+    raw: bytes, endpoint: Endpoint, mode: Mode, policy: Settings = POLICY
+) -> None:
+    projected = _answer(raw, endpoint, mode, policy)
     with full_parse():
-        whole = _answer(raw, endpoint, mode)
+        whole = _answer(raw, endpoint, mode, policy)
     assert projected == whole, (endpoint, mode, raw[:300])
 
 
-def assert_same_answers(raw: bytes) -> None:
+def assert_same_answers(raw: bytes, policy: Settings = POLICY) -> None:
     for endpoint in ENDPOINTS:
         for mode in MODES:
-            assert_same_answer(raw, endpoint, mode)
+            assert_same_answer(raw, endpoint, mode, policy)
 
 
 def test_the_projection_leaves_out_what_is_never_judged() -> None:
@@ -70,7 +74,48 @@ def test_the_projection_leaves_out_what_is_never_judged() -> None:
     pod = projection.decode_review(EXAMPLE.read_bytes())["request"]["object"]
     container = pod["spec"]["containers"][0]
     assert set(container) == {"name", "image", "securityContext", "volumeMounts"}
+    assert container["securityContext"] == {}  # only privileged, runAsUser, readOnly… are read
+    assert pod["spec"]["securityContext"] == {"runAsUser": 101}
     assert "tolerations" not in pod["spec"]
+    assert pod["metadata"]["annotations"] == {} and pod["metadata"]["labels"] == {}
+
+
+def test_the_projection_keeps_every_annotation_and_label_podlock_reads() -> None:
+    assert set(projection._PodlockKeys.__annotations__) == {OPT_OUT_KEY, WRITABLE_PATHS_KEY}
+
+
+OPT_OUT_POLICY = Settings(pod_opt_out_namespaces=frozenset({"shop"}))
+METADATA = ("request", "object", "metadata")
+SECURITY = ("request", "object", "spec", "containers", 1, "securityContext")
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ((*METADATA, "annotations"), {WRITABLE_PATHS_KEY: "nginx=/var/lib/web; /scratch"}),
+        ((*METADATA, "annotations"), {WRITABLE_PATHS_KEY: "/"}),
+        ((*METADATA, "annotations"), {WRITABLE_PATHS_KEY: ["/data"]}),
+        ((*METADATA, "annotations"), {OPT_OUT_KEY: "true", "other": "x"}),
+        ((*METADATA, "annotations"), {OPT_OUT_KEY: True}),
+        ((*METADATA, "annotations"), ["podlock.io/exempt"]),
+        ((*METADATA, "annotations"), None),
+        ((*METADATA, "labels"), {OPT_OUT_KEY: "true"}),
+        ((*METADATA, "labels"), "podlock.io/exempt=true"),
+        (SECURITY, None),
+        (SECURITY, "privileged"),
+        (SECURITY, {"privileged": True, "capabilities": {"add": ["SYS_ADMIN"]}}),
+        (SECURITY, {"runAsUser": 0, "readOnlyRootFilesystem": "yes"}),
+        (SECURITY, {"runAsUser": 0.0, "readOnlyRootFilesystem": False}),
+        (("request", "object", "spec", "securityContext"), {"runAsUser": 0, "fsGroup": 0}),
+        (("request", "object", "spec", "securityContext"), [0]),
+        (("request", "object", "spec", "os"), {"name": "windows", "x": 1}),
+        (("request", "object", "spec", "os"), "windows"),
+    ],
+)
+def test_the_fields_podlock_reads_in_narrowed_objects(path: tuple[Any, ...], value: Any) -> None:
+    raw = json.dumps(changed(EXAMPLE_DOC, path, value, False)).encode()
+    for policy in (POLICY, OPT_OUT_POLICY):
+        assert_same_answers(raw, policy)
 
 
 def test_numbers_read_the_same_either_way() -> None:
