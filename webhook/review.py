@@ -12,11 +12,11 @@ two can never disagree. Error contract (what the HTTP layer turns into status co
 
 from __future__ import annotations
 
-import binascii
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import orjson
+import pybase64
 
 from webhook import policy
 from webhook.config import Mode, Settings
@@ -304,7 +304,7 @@ def _serialize(uid: str, answer: _Answer) -> bytes:
         response["status"] = {"code": 403, "reason": "Forbidden", "message": answer.message}
     if answer.patch is not None:
         response["patchType"] = "JSONPatch"
-        response["patch"] = binascii.b2a_base64(orjson.dumps(answer.patch), newline=False).decode()
+        response["patch"] = pybase64.b64encode_as_string(orjson.dumps(answer.patch))
     if answer.warnings:
         response["warnings"] = list(answer.warnings)
     if answer.audit:
