@@ -15,25 +15,26 @@ Why these gunicorn settings:
 - Each worker accepts on its own SO_REUSEPORT socket (see `PerWorkerListeners`), so the kernel
   spreads keep-alive connections over the workers instead of the first worker to wake taking
   them all.
+- Each worker counts its metrics in its own slot of a table shared by all (see `WorkerSlots`
+  and webhook.metrics); a scrape adds them up.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import glob
 import logging
 import os
-import shutil
 import socket
 import sys
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from webhook.app import create_app
 from webhook.config import ConfigError, Settings, load_settings
+from webhook.metrics import MAX_SLOTS, Metrics
 from webhook.tls import ReloadingContext, TLSError
 
 DEFAULT_CERT = ".certs/tls.crt"
@@ -41,7 +42,6 @@ DEFAULT_KEY = ".certs/tls.key"
 THREADS = 4  # per worker; admission is CPU-bound, the threads overlap TLS and socket waits
 KEEPALIVE = 120
 GRACEFUL_TIMEOUT = 25
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class _Server(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
@@ -86,6 +86,28 @@ class PerWorkerListeners:
         return {"when_ready": self.when_ready, "post_fork": self.post_fork}
 
 
+class WorkerSlots:
+    """A gunicorn hook giving every new worker a metrics slot that no live worker uses.
+
+    Runs in the master just before the fork, so the worker starts with the slot already chosen.
+    A replaced worker's slot (and its counts) goes to the next worker forked.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def pre_fork(self, arbiter: Any, worker: Any) -> None:
+        taken = {getattr(w, "podlock_slot", None) for w in arbiter.WORKERS.values()}
+        free = [slot for slot in range(self._metrics.slots) if slot not in taken]
+        if not free:
+            raise RuntimeError(f"more than {self._metrics.slots} workers: no metrics slot free")
+        worker.podlock_slot = free[0]
+        self._metrics.use_slot(free[0])
+
+    def hooks(self) -> dict[str, Any]:
+        return {"pre_fork": self.pre_fork}
+
+
 def _listening_address(sock: socket.socket) -> tuple[socket.AddressFamily, Any, int]:
     v6only = 0
     if sock.family == socket.AF_INET6:
@@ -119,22 +141,6 @@ def _check_bind(bind: str) -> str | None:
     return None
 
 
-def _metrics_dir() -> tuple[str, bool]:
-    """The directory where workers share metric values, and whether we created it.
-
-    A directory given in the environment is emptied of old worker files (they would add a
-    previous run's counts); otherwise a private one is made and removed at exit."""
-    given = os.environ.get(MULTIPROC_ENV)
-    if given:
-        os.makedirs(given, exist_ok=True)
-        for stale in glob.glob(os.path.join(given, "*.db")):
-            os.remove(stale)
-        return given, False
-    path = tempfile.mkdtemp(prefix="podlock-metrics-")
-    os.environ[MULTIPROC_ENV] = path
-    return path, True
-
-
 def run(args: argparse.Namespace) -> int:
     cert = args.cert or DEFAULT_CERT
     key = args.key or DEFAULT_KEY
@@ -163,36 +169,18 @@ def run(args: argparse.Namespace) -> int:
         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s",
         datefmt="%Y-%m-%d %H:%M:%S %z",
     )
-    metrics_dir, owned = _metrics_dir()
-    master = os.getpid()
-    try:
-        return _serve(args, settings, tls, cert, key)
-    finally:
-        # Forked workers leave through here too: only the master cleans up.
-        if owned and os.getpid() == master:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return _serve(args, settings, tls, cert, key)
 
 
 def _serve(
     args: argparse.Namespace, settings: Settings, tls: ReloadingContext, cert: str, key: str
 ) -> int:
-    # prometheus_client picks its multiprocess mode when first imported: after the env is set.
-    from prometheus_client import multiprocess
-
-    from webhook.app import create_app
-    from webhook.metrics import Metrics, multiprocess_enabled
-
-    if not multiprocess_enabled():  # something imported prometheus_client too early
-        return _fail("metrics would count per worker: prometheus_client imported too early")
-    metrics = Metrics(tls.seconds_until_expiry)
+    metrics = Metrics(tls.seconds_until_expiry, slots=MAX_SLOTS)
     tls.on_reload = metrics.tls_reloaded
     app = create_app(settings, tls=tls, metrics=metrics)
 
     def ssl_context(_config: Any, _default_factory: Any) -> Any:
         return tls.context()
-
-    def child_exit(_server: Any, worker: Any) -> None:
-        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
     options: dict[str, Any] = {
         "bind": [args.bind],
@@ -205,8 +193,8 @@ def _serve(
         "certfile": cert,
         "keyfile": key,
         "ssl_context": ssl_context,
-        "child_exit": child_exit,
         **PerWorkerListeners().hooks(),
+        **WorkerSlots(metrics).hooks(),
         "preload_app": True,
         "accesslog": None,  # one line per admission call is the API server's audit log's job
         "errorlog": "-",

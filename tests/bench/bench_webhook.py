@@ -193,7 +193,7 @@ class Servers:
 
     def start(self) -> None:
         cert, key = str(self.tmp / "tls.crt"), str(self.tmp / "tls.key")
-        env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+        env = dict(os.environ)
         py = sys.executable
         serve = ["serve", "--bind", "127.0.0.1:{PORT}", "--workers", str(WORKERS)]
         self._start("podlock", [py, "-m", "webhook.cli", *serve, "--cert", cert, "--key", key], env)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ctypes
 import http.client
-import os
 import re
 import signal
 import ssl
@@ -65,7 +64,6 @@ class Server:
     port: int
     log: Path
     cafile: Path
-    metrics_dir: Path | None = None
 
     def connection(self, ctx: ssl.SSLContext | None = None) -> http.client.HTTPSConnection:
         return http.client.HTTPSConnection(
@@ -116,14 +114,10 @@ def start_server(
     cafile: Path,
     *,
     workers: int = 2,
-    metrics_dir: Path | None = None,
     extra_args: Sequence[str] = (),
 ) -> Server:
     """Start `podlock serve` on 127.0.0.1:0 and wait until every worker answers."""
     log = tmp / f"serve-{time.monotonic_ns()}.log"
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    if metrics_dir is not None:
-        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     cmd = [sys.executable, "-m", "webhook.cli", "serve", "--bind", "127.0.0.1:0"]
     cmd += ["--cert", str(cert), "--key", str(key), "--workers", str(workers), *extra_args]
     with open(log, "wb") as out:
@@ -132,7 +126,6 @@ def start_server(
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
-            env=env,
             preexec_fn=_die_with_parent,
         )
     deadline = time.monotonic() + 30
@@ -149,7 +142,7 @@ def start_server(
     else:
         proc.kill()
         raise AssertionError(f"podlock serve did not start:\n{log.read_text()}")
-    server = Server(proc=proc, port=port, log=log, cafile=cafile, metrics_dir=metrics_dir)
+    server = Server(proc=proc, port=port, log=log, cafile=cafile)
     while time.monotonic() < deadline:
         try:
             if server.request("GET", "/healthz")[0] == 200:

@@ -155,12 +155,6 @@ def test_sigterm_drains_and_exits_cleanly(
     s = launch(cert_dir / "tls.crt", cert_dir / "tls.key", cert_dir / "ca.crt", workers=1)
     conn = s.connection()
     assert s.request("POST", "/validate", example_raw, conn=conn)[0] == 200
-    # The master made its own metrics directory (none was given): it must be gone at exit.
-    maps = Path(f"/proc/{s.worker_pids()[0]}/maps").read_text()
-    metrics = Path(
-        next(line.split()[-1] for line in maps.splitlines() if "podlock-metrics-" in line)
-    )
-    assert metrics.parent.name.startswith("podlock-metrics-")
     # Requests already on the way when SIGTERM arrives are answered.
     results: list[int] = []
 
@@ -183,7 +177,6 @@ def test_sigterm_drains_and_exits_cleanly(
     assert results and all(code == 200 for code in results)
     assert "Shutting down: Master" in s.log_text()
     conn.close()
-    assert not metrics.parent.exists()
 
 
 def _serve_args(**kw: object) -> argparse.Namespace:
