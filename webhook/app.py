@@ -55,12 +55,15 @@ def _read_body() -> bytes:
     want = MAX_BODY_BYTES + 1 if length is None else length
     chunks: list[bytes] = []
     got = 0
-    while got < want:  # a stream may return less than asked for before its end
-        chunk = request.stream.read(want - got)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        got += len(chunk)
+    try:
+        while got < want:  # a stream may return less than asked for before its end
+            chunk = request.stream.read(want - got)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+    except (OSError, ValueError) as err:  # a bad chunk, a reset connection, a TLS error
+        raise RequestError(400, f"request body could not be read: {err!s:.200}") from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 

@@ -182,6 +182,28 @@ def test_body_limit(client: FlaskClient, size: int, chunked: bool, status: int) 
         assert f"larger than {MAX_BODY_BYTES} bytes" in resp.get_data(as_text=True)
 
 
+class _BrokenStream(io.BytesIO):
+    """A body the server cannot finish reading (a bad chunk, a reset connection)."""
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        raise ConnectionResetError("connection reset by peer")
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_body_that_cannot_be_read_is_400(client: FlaskClient, chunked: bool) -> None:
+    headers = {"Transfer-Encoding": "chunked"} if chunked else {}
+    resp = client.post(
+        "/mutate",
+        input_stream=_BrokenStream(b"{" * 100),
+        headers=headers,
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert resp.status_code == 400
+    assert resp.get_data(as_text=True) == (
+        "request body could not be read: connection reset by peer\n"
+    )
+
+
 def test_health_and_readiness_without_tls(client: FlaskClient) -> None:
     assert client.get("/healthz").data == b"ok\n"
     assert client.get("/readyz").data == b"ok\n"

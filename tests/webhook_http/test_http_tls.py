@@ -149,6 +149,27 @@ def test_oversized_body_is_413(server: Server, chunked: bool) -> None:
         conn.close()
 
 
+def test_a_broken_chunked_body_is_400_not_a_traceback(server: Server) -> None:
+    raw = (
+        b"POST /validate HTTP/1.1\r\nHost: podlock\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nZZ\r\n{}\r\n0\r\n\r\n"  # ZZ: not a size
+    )
+    ctx = client_context(server.cafile)
+    with (
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as plain,
+        ctx.wrap_socket(plain, server_hostname="127.0.0.1") as tls,
+    ):
+        tls.sendall(raw)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            data = tls.recv(4096)
+            if not data:
+                break
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert "Traceback" not in server.log_text()
+
+
 def test_sigterm_drains_and_exits_cleanly(
     launch: Launcher, cert_dir: Path, example_raw: bytes
 ) -> None:
@@ -196,7 +217,8 @@ def _serve_args(**kw: object) -> argparse.Namespace:
         ("cert-without-key", "give --cert and --key together"),
         ("no-default-certs", "no .certs/tls.crt / .certs/tls.key: create them with"),
         ("bad-bind", "--bind 'localhost': expected HOST:PORT"),
-        ("zero-workers", "--workers 0: need at least 1"),
+        ("zero-workers", "--workers 0: must be between 1 and 64"),
+        ("too-many-workers", "--workers 65: must be between 1 and 64"),
         ("missing-config", "nope.yaml: cannot read the policy file"),
         ("missing-cert", "tls.crt: cannot read"),
         ("garbage-cert", "tls.crt: not a PEM certificate"),
@@ -224,6 +246,8 @@ def test_serve_refuses_bad_start_with_one_line(
         args.bind = "localhost"
     elif case == "zero-workers":
         args.workers = 0
+    elif case == "too-many-workers":
+        args.workers = 65
     elif case == "missing-config":
         args.config = "nope.yaml"
     elif case == "missing-cert":
