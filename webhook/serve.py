@@ -42,6 +42,8 @@ DEFAULT_KEY = ".certs/tls.key"
 THREADS = 4  # per worker; admission is CPU-bound, the threads overlap TLS and socket waits
 KEEPALIVE = 120
 GRACEFUL_TIMEOUT = 25
+# A reload (SIGHUP) starts new workers while the old ones drain: leave metrics slots for that.
+MAX_WORKERS = MAX_SLOTS // 4
 
 
 class _Server(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
@@ -99,8 +101,11 @@ class WorkerSlots:
     def pre_fork(self, arbiter: Any, worker: Any) -> None:
         taken = {getattr(w, "podlock_slot", None) for w in arbiter.WORKERS.values()}
         free = [slot for slot in range(self._metrics.slots) if slot not in taken]
-        if not free:
-            raise RuntimeError(f"more than {self._metrics.slots} workers: no metrics slot free")
+        if not free:  # only after reloads in a row, each leaving old workers draining
+            logging.getLogger("podlock").warning(
+                "no free metrics slot: a worker shares slot 0, some counts may be lost"
+            )
+            free = [0]
         worker.podlock_slot = free[0]
         self._metrics.use_slot(free[0])
 
@@ -148,8 +153,8 @@ def run(args: argparse.Namespace) -> int:
         return _fail("give --cert and --key together")
     if (problem := _check_bind(args.bind)) is not None:
         return _fail(problem)
-    if args.workers < 1:
-        return _fail(f"--workers {args.workers}: need at least 1")
+    if not 1 <= args.workers <= MAX_WORKERS:
+        return _fail(f"--workers {args.workers}: must be between 1 and {MAX_WORKERS}")
     try:
         settings = load_settings(args.config)
     except ConfigError as err:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import threading
+from types import SimpleNamespace
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from webhook.metrics import LATENCY_BUCKETS, Layout, Metrics
 from webhook.policy import EXEC_INTO_POD, RULES
+from webhook.serve import WorkerSlots
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -104,3 +107,23 @@ def test_unknown_label_values_are_not_counted_and_do_not_fail() -> None:
     metrics.tls_reloaded("maybe")
     names = {name for name, _ in _samples(metrics)}
     assert not any(name.startswith("podlock_admission") for name in names)
+
+
+def test_a_new_worker_takes_a_free_slot_and_a_dead_workers_slot_is_reused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    metrics = Metrics(slots=2)
+    hook = WorkerSlots(metrics).pre_fork
+    arbiter = SimpleNamespace(WORKERS={})  # gunicorn's arbiter, as far as the hook reads it
+    first, second, successor, extra = (SimpleNamespace() for _ in range(4))
+    for pid, worker in ((1, first), (2, second)):
+        hook(arbiter, worker)
+        arbiter.WORKERS[pid] = worker
+    assert (first.podlock_slot, second.podlock_slot) == (0, 1)
+    del arbiter.WORKERS[1]  # the first worker died: its successor continues its counts
+    hook(arbiter, successor)
+    arbiter.WORKERS[3] = successor
+    assert successor.podlock_slot == 0
+    hook(arbiter, extra)  # none free: the worker still starts, and says what it costs
+    assert extra.podlock_slot == 0
+    assert "no free metrics slot" in caplog.text
