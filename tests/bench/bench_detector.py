@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from machine import cpu_model
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
@@ -122,15 +124,7 @@ def load_harness() -> Any:
 
 
 def machine() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        "unknown",
-    )
-    return f"{os.cpu_count()} CPUs, {cpu}, kernel {platform.release()}"
+    return f"{os.cpu_count()} CPUs, {cpu_model()}, kernel {platform.release()}"
 
 
 def ratio_ci(

@@ -29,6 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from machine import cpu_model
+
 from detector.condition.ast import And, BCompare, BExists, Const, Node, Not, Or
 from detector.condition.compiler import extractor, value_test
 from detector.config import RateLimit
@@ -152,14 +154,7 @@ def run_once(process: Callable[[Event, int], Sequence[object]], events: list[Eve
 
 
 def machine() -> list[str]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return [
         f"- nproc {os.cpu_count()}, CPU {cpu}, kernel {platform.release()}",
         f"- Python {platform.python_version()}",

@@ -17,6 +17,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from machine import cpu_model
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 RESULTS = HERE / "results"
@@ -24,11 +26,7 @@ OUTPUT = ROOT / "BENCHMARKS.md"
 
 
 def machine_header() -> list[str]:
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+    cpu = cpu_model()
     memory = "unknown"
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemTotal:"):
