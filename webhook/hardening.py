@@ -123,7 +123,7 @@ def plan_hardening(
                 else:
                     ops += [Add((*at, "volumeMounts", "-"), mount) for mount in mounts]
                 change += f", emptyDir at {', '.join(paths)}"
-        changes.append(_shorten(change))
+        changes.append(change)  # warnings are cut to the API server's limit, audit is not
 
     if new_volumes:
         if volumes is None:
@@ -223,10 +223,6 @@ def _unique_name(base: str, taken: set[str]) -> str:
 
 def _covers(mount: str, path: str) -> bool:
     return mount == path or path.startswith(mount.rstrip("/") + "/")
-
-
-def _shorten(text: str, limit: int = 110) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @functools.lru_cache(maxsize=4096)

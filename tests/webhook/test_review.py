@@ -185,6 +185,19 @@ def test_audit_mode_only_annotates(settings: Settings) -> None:
     assert "privileged-container" in response["auditAnnotations"]["violations"]
 
 
+def test_long_changes_are_cut_in_warnings_but_whole_in_the_audit(settings: Settings) -> None:
+    doc = json.loads(request_bytes("pod-create-nginx"))
+    paths = [f"/var/lib/application-data-{i}" for i in range(6)]
+    doc["request"]["object"]["metadata"]["annotations"] = {
+        "podlock.io/writable-paths": ",".join(paths)
+    }
+    raw = json.dumps(doc).encode()
+    warned = json.loads(review(raw, "mutate", "warn", settings).body)["response"]["warnings"]
+    assert all(len(w) < 120 for w in warned) and any(w.endswith("…") for w in warned)
+    audit = json.loads(review(raw, "mutate", "audit", settings).body)["response"]
+    assert all(path in audit["auditAnnotations"]["mutations"] for path in paths)
+
+
 @pytest.mark.parametrize(
     ("action", "mode", "allowed", "has"),
     [
