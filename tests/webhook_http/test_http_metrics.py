@@ -1,4 +1,4 @@
-"""/metrics on a real 2-worker server adds up every worker, including one that was replaced."""
+"""/metrics on a real 2-worker server adds up every worker, including replaced and reloaded ones."""
 
 from __future__ import annotations
 
@@ -90,25 +90,35 @@ def _expected(calls: list[tuple[str, bytes]], settings: Settings) -> Counter[Key
     return want
 
 
-def test_totals_across_workers_and_a_replaced_worker(
+def _wait_for_workers(server: Server, gone: list[int]) -> None:
+    """Until the server runs 2 workers again, none of them one of `gone`."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        pids = server.worker_pids()
+        if len(pids) == 2 and not set(gone) & set(pids):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"workers were not replaced: {server.worker_pids()} (gone: {gone})")
+
+
+def test_totals_across_workers_a_replaced_worker_and_a_reload(
     cert_dir: Path, launch: Launcher, example_raw: bytes, settings: Settings
 ) -> None:
     server = launch(cert_dir / "tls.crt", cert_dir / "tls.key", cert_dir / "ca.crt", workers=2)
-    calls = _bodies(example_raw) * 40  # 200 requests
+    calls = _bodies(example_raw) * 60  # 300 requests
     _fire(server, calls[:100])
 
     # Replace one worker (gunicorn forks a new one): its counts must stay in the totals.
     first_workers = server.worker_pids()
     os.kill(first_workers[0], signal.SIGTERM)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        pids = server.worker_pids()
-        if len(pids) == 2 and first_workers[0] not in pids:
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError(f"worker was not replaced: {server.worker_pids()}")
-    _fire(server, calls[100:])
+    _wait_for_workers(server, gone=first_workers[:1])
+    _fire(server, calls[100:200])
+
+    # A reload (SIGHUP) starts new workers while the old ones drain: nothing is lost either.
+    before_reload = server.worker_pids()
+    server.proc.send_signal(signal.SIGHUP)
+    _wait_for_workers(server, gone=before_reload)
+    _fire(server, calls[200:])
 
     # Every scrape, whichever worker answers it, sees the same totals.
     want = _expected(calls, settings)
