@@ -87,8 +87,9 @@ class Layout:
 class Metrics:
     """The webhook's metrics; one instance per app.
 
-    `slots` > 1 is for forking servers: the table lives in shared memory, and each forked
-    process calls `use_slot` with a slot no other live process uses (see `serve.WorkerSlots`).
+    `slots` > 1 is for forking servers: the table lives in shared memory, and before each fork
+    the master calls `use_slot` with a slot no live worker uses, which the new worker inherits
+    (see `serve.WorkerSlots`).
     """
 
     def __init__(
@@ -96,7 +97,8 @@ class Metrics:
     ) -> None:
         self.layout = Layout()
         self.slots = slots
-        # A flag per slot ("has counted"), then the rows; MAP_SHARED, so forks share it.
+        # A flag per slot ("given to a process", so worth adding up), then the rows; the mapping
+        # is MAP_SHARED, so forked workers share it.
         self._memory = mmap.mmap(-1, 8 * (slots + slots * self.layout.width))
         cells = memoryview(self._memory).cast("d")
         self._used = cells[:slots]
