@@ -22,7 +22,7 @@ from werkzeug.exceptions import HTTPException
 from webhook.config import MODES, Mode, Settings
 from webhook.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from webhook.metrics import Metrics, Result
-from webhook.review import MAX_BODY_BYTES, Endpoint, RequestError, review
+from webhook.review import MAX_BODY_BYTES, TOO_LARGE, Endpoint, RequestError, review
 
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
@@ -51,7 +51,7 @@ def _read_body() -> bytes:
     """
     length = request.content_length  # None for a chunked body
     if length is not None and length > MAX_BODY_BYTES:
-        raise RequestError(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
+        raise RequestError(413, TOO_LARGE)
     want = MAX_BODY_BYTES + 1 if length is None else length
     chunks: list[bytes] = []
     got = 0

@@ -177,8 +177,7 @@ def _unmounted(wanted: Sequence[str], existing: list[Any] | None) -> list[str]:
         path = mount.get("mountPath") if isinstance(mount, dict) else None
         if isinstance(path, str) and path:
             path = normalize_path(path)
-            below = "/" if path == "/" else path + "/"
-            left = [p for p in left if p != path and not p.startswith(below)]
+            left = [p for p in left if not _covers(path, p)]
     return left
 
 

@@ -40,7 +40,9 @@ class _Container(TypedDict, total=False):
     volumeMounts: list[_Mount]
 
 
-class _Volume(TypedDict, total=False):
+class _Named(TypedDict, total=False):
+    """A volume, or a pod's `os`: only the name is read."""
+
     name: Any
 
 
@@ -63,19 +65,15 @@ class _PodSecurity(TypedDict, total=False):
     runAsUser: Any
 
 
-class _OS(TypedDict, total=False):
-    name: Any
-
-
 class _Spec(TypedDict, total=False):
     """A pod spec, or a workload's spec that holds one (see podspecs.POD_SPEC_PATHS)."""
 
     containers: list[_Container]
     initContainers: list[_Container]
     ephemeralContainers: list[_Container]
-    volumes: list[_Volume]
+    volumes: list[_Named]
     securityContext: _PodSecurity | None
-    os: _OS | None
+    os: _Named | None
     template: _Template
     jobTemplate: _JobTemplate
 

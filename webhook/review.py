@@ -21,11 +21,12 @@ import pybase64
 from webhook import policy
 from webhook.config import Mode, Settings
 from webhook.hardening import plan_hardening, to_json_patch
-from webhook.podspecs import WORKLOAD_KINDS, PodSpecRef, containers, mapping, pod_spec
+from webhook.podspecs import WORKLOAD_KINDS, containers, mapping, pod_spec
 from webhook.projection import decode_review
 
 Endpoint = Literal["mutate", "validate"]
 MAX_BODY_BYTES = 6 * 1024 * 1024
+TOO_LARGE = f"request body is larger than {MAX_BODY_BYTES} bytes"
 MAX_WARNING = 119  # the API server shows warnings under 120 characters
 API_VERSION = "admission.k8s.io/v1"
 
@@ -110,7 +111,7 @@ class _Answer:
 
 def review(raw: bytes, endpoint: Endpoint, mode: Mode, settings: Settings) -> Outcome:
     if len(raw) > MAX_BODY_BYTES:
-        raise RequestError(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
+        raise RequestError(413, TOO_LARGE)
     request = parse_request(raw)
     if request.namespace in settings.exempt_namespaces:
         answer = _Answer()
@@ -159,11 +160,6 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _pod_ref(request: _Request, obj: Mapping[str, Any]) -> PodSpecRef | None:
-    """The pod spec of the request's object, judged as the request's kind says it is."""
-    return pod_spec(obj, request.kind)  # the kind of the request is authoritative
-
-
 def _new_ephemeral(request: _Request) -> frozenset[str]:
     def names(obj: Mapping[str, Any]) -> set[str]:
         spec = mapping(obj.get("spec"))
@@ -185,7 +181,7 @@ def _mutate(request: _Request, mode: Mode, settings: Settings) -> _Answer:
             return _Answer()
     else:
         return _Answer()
-    ref = _pod_ref(request, request.obj)
+    ref = pod_spec(request.obj, request.kind)  # the request's kind is authoritative
     if ref is None or policy.exemption(ref, request.namespace, settings):
         return _Answer()
     hardening = plan_hardening(ref, settings, only)
@@ -251,7 +247,7 @@ def _judge(
     context: policy.Context,
     only: frozenset[str] | None,
 ) -> list[policy.Violation]:
-    ref = _pod_ref(request, obj)
+    ref = pod_spec(obj, request.kind)
     if ref is None or policy.exemption(ref, request.namespace, settings):
         return []
     return policy.evaluate(ref.spec, settings, context, only)

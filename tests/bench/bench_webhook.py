@@ -183,26 +183,24 @@ class Servers:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.ports: dict[str, int] = {}
 
-    def _start(self, name: str, cmd: list[str], env: dict[str, str]) -> None:
+    def _start(self, name: str, cmd: list[str]) -> None:
         if self.pin is not None:
             cmd = ["taskset", "-c", self.pin, *cmd]
         port = _free_port()
         cmd = [c.replace("{PORT}", str(port)) for c in cmd]
         log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the server
-        proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=ROOT, env=env)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=ROOT)
         self.procs[name], self.ports[name] = proc, port
         _wait_up(port, str(self.tmp / "ca.crt"), proc)
 
     def start(self) -> None:
         cert, key = str(self.tmp / "tls.crt"), str(self.tmp / "tls.key")
-        env = dict(os.environ)
         py = sys.executable
         serve = ["serve", "--bind", "127.0.0.1:{PORT}", "--workers", str(WORKERS)]
-        self._start("podlock", [py, "-m", "webhook.cli", *serve, "--cert", cert, "--key", key], env)
+        self._start("podlock", [py, "-m", "webhook.cli", *serve, "--cert", cert, "--key", key])
         self._start(
             "canned",
             [py, __file__, "--canned", "{PORT}", cert, key, str(self.tmp / "answer.json")],
-            env,
         )
 
     def stop(self) -> None:
