@@ -5,7 +5,7 @@ neighbour hurts both alike; wall time, CPU time and max RSS come from wait4() on
 Policy evaluation is timed separately with timeit over every pod spec of the corpus.
 
 checkov is installed into its own venv (.bench/checkov-venv) on first use, and run as in
-shared/corpus/checkov-baseline.md (plus --skip-path checkov-verdicts.json). podlock is given
+tests/corpus/checkov-baseline.md (plus --skip-path checkov-verdicts.json). podlock is given
 the corpus's repository folders, i.e. the same manifests without checkov-verdicts.json.
 
 Writes tests/bench/results/lint.md. Knobs: PODLOCK_BENCH_RUNS (default 5).
@@ -36,7 +36,7 @@ from webhook.lint import judged_refs  # noqa: E402
 from webhook.policy import evaluate  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "lint.md"
-CORPUS = (ROOT / ".." / "shared" / "corpus").resolve()
+CORPUS = ROOT / "tests" / "corpus"
 CHECKOV_VENV = ROOT / ".bench" / "checkov-venv"
 CHECKOV = CHECKOV_VENV / "bin" / "checkov"
 RUNS = int(os.environ.get("PODLOCK_BENCH_RUNS", "5"))
@@ -189,7 +189,7 @@ def main() -> int:
         "",
         f"- {host}",
         f"- {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; checkov {checkov_version}",
-        f"- corpus: {files} manifest files under shared/corpus ({specs} pod specs judged); "
+        f"- corpus: {files} manifest files under tests/corpus ({specs} pod specs judged); "
         f"{RUNS} interleaved runs per tool after one warm-up each; wait4() wall/CPU/max RSS",
         "- podlock: `podlock lint --format json <corpus folders>`",
         f"- checkov: `checkov -d corpus --framework kubernetes --check {CHECKS} -o json "

@@ -1,4 +1,4 @@
-"""`podlock lint` over the real-world corpus (../shared/corpus, 500+ manifests from public
+"""`podlock lint` over the real-world corpus (tests/corpus, 500+ manifests from public
 projects): every file handled without a traceback, the deliberately broken kubesec fixtures
 reported by name, and `--fix` on a copy of the whole corpus keeping all of its promises."""
 
@@ -86,7 +86,7 @@ def test_the_command_over_the_corpus(corpus: Path, tmp_path: Path) -> None:
 def test_fix_the_whole_corpus(corpus: Path, tmp_path: Path, settings: Settings) -> None:
     copy = tmp_path / "corpus"
     shutil.copytree(corpus, copy)
-    os.chmod(copy, 0o755)  # shared/ may be read-only in CI: make the copy writable
+    os.chmod(copy, 0o755)  # a checkout may be read-only: make the copy writable
     for path in copy.rglob("*"):
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
     files = corpus_files(copy)

@@ -1,18 +1,19 @@
-"""Where the shared manifest corpus lives."""
+"""Where the manifest corpus lives: `tests/corpus`, kept in the repository.
+
+Each file is a copy of a public project's manifest; `tests/corpus/SOURCES.md` names its
+repository, commit and licence.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+CORPUS = ROOT / "tests" / "corpus"
 
 
 def corpus_dir() -> Path:
-    """`shared/corpus` beside the repository (CI copies shared/ next to its clone)."""
-    corpus = (ROOT / ".." / "shared" / "corpus").resolve()
-    if not (corpus / "SOURCES.md").is_file():
-        raise AssertionError(
-            f"the manifest corpus is missing: expected {corpus} (shared/corpus beside the "
-            "repository checkout); the corpus tests cannot run without it"
-        )
-    return corpus
+    """`tests/corpus`; a missing corpus fails loudly rather than letting its tests pass on nothing."""
+    if not (CORPUS / "SOURCES.md").is_file():
+        raise AssertionError(f"the manifest corpus is missing: expected {CORPUS}/SOURCES.md")
+    return CORPUS
