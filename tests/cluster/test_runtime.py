@@ -1,0 +1,196 @@
+"""`podlock detect` on the node, with pod metadata from the real API server (issue 10,
+scenario 11): real `kubectl cp` and `kubectl exec` into a pod the kubelet runs, and the pod's
+own exec liveness probe, which must stay silent."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cluster import NODE, Cluster, wait_until
+from podlock_host import podlock_argv
+
+pytestmark = pytest.mark.root
+
+Alert = dict[str, Any]
+NAMESPACE = "pl-runtime"
+POD = "drift"
+CONTAINER = "app"
+CP_RULE = "kubectl cp into container"
+VOLUME_RULE = "Write to container volume in exec session"
+REFUSED_RULE = "Write attempt refused by read-only root filesystem"
+PROBE_FILE = "/var/cache/app/probe"
+
+MANIFEST = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": POD, "namespace": NAMESPACE},
+    "spec": {
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": 0,
+        "containers": [
+            {
+                "name": CONTAINER,
+                "image": "localhost/podlock-busybox:1.0",
+                "imagePullPolicy": "Never",
+                "command": ["sleep", "3600"],
+                "securityContext": {
+                    "readOnlyRootFilesystem": True,
+                    "allowPrivilegeEscalation": False,
+                    "runAsNonRoot": True,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                # an exec session that writes to a volume: silent only because it is the probe
+                "livenessProbe": {
+                    "exec": {"command": ["sh", "-c", f"date > {PROBE_FILE}"]},
+                    "periodSeconds": 1,
+                },
+                "volumeMounts": [
+                    {"name": "tmp", "mountPath": "/tmp"},
+                    {"name": "cache", "mountPath": "/var/cache/app"},
+                ],
+            }
+        ],
+        "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "cache", "emptyDir": {}}],
+    },
+}
+
+
+class Detector:
+    def __init__(self, workdir: Path, cluster: Cluster) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.alerts_file = workdir / "alerts.jsonl"
+        self.stderr = workdir / "detector.log"
+        pidfile = workdir / "pid"
+        env = {**os.environ, "NODE_NAME": NODE, "KUBECONFIG": str(cluster.kubeconfig)}
+        with self.alerts_file.open("wb") as out, self.stderr.open("wb") as err:
+            self.proc = subprocess.Popen(
+                podlock_argv("detect", "--json", "--pidfile", str(pidfile)),
+                stdout=out,
+                stderr=err,
+                env=env,
+            )
+
+        def attached() -> bool:
+            assert self.proc.poll() is None, self.stderr.read_text()
+            return pidfile.exists()
+
+        wait_until("podlock detect to attach", attached, timeout=60)
+
+    def alerts(self) -> list[Alert]:
+        lines = self.alerts_file.read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def of(self, rule: str) -> list[Alert]:
+        return [
+            a for a in self.alerts()
+            if a["rule"] == rule and a["output_fields"].get("k8s.pod.name") == POD
+        ]  # fmt: skip
+
+    def wait_for(self, rule: str, match: Callable[[Alert], bool]) -> Alert:
+        found: list[Alert] = []
+
+        def seen() -> bool:
+            assert self.proc.poll() is None, self.stderr.read_text()
+            found[:] = [a for a in self.of(rule) if match(a)]
+            return bool(found)
+
+        try:
+            wait_until(f"a {rule!r} alert", seen, timeout=20)
+        except Exception:
+            rules = sorted({a["rule"] for a in self.alerts()})
+            raise AssertionError(f"no {rule!r} alert for {POD}; alerts so far: {rules}") from None
+        return found[0]
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def detector(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Detector]:
+    cluster.create_namespace(NAMESPACE)
+    cluster.apply(MANIFEST)
+    d = None
+    try:
+        cluster.wait_pod_running(POD, NAMESPACE)
+        d = Detector(tmp_path_factory.mktemp("detect"), cluster)
+        yield d
+    finally:
+        if d is not None:
+            d.stop()
+        cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false")
+
+
+def fields(alert: Alert) -> dict[str, Any]:
+    out: dict[str, Any] = alert["output_fields"]
+    return out
+
+
+def test_kubectl_cp_of_a_directory_is_one_alert_with_pod_metadata(
+    cluster: Cluster, detector: Detector, tmp_path: Path
+) -> None:
+    source = tmp_path / "payload"
+    (source / "sub").mkdir(parents=True)
+    (source / "a.sh").write_text("echo a\n")
+    (source / "sub" / "b.txt").write_text("b\n")
+    cluster.kubectl("cp", str(source), f"{NAMESPACE}/{POD}:/tmp/payload", "-c", CONTAINER)
+    alert = detector.wait_for(CP_RULE, lambda a: "/tmp/payload/a.sh" in a["output"])
+    f = fields(alert)
+    assert f["k8s.ns.name"] == NAMESPACE
+    assert f["container.name"] == CONTAINER
+    for path in ("/tmp/payload/a.sh", "/tmp/payload/sub/b.txt"):
+        assert path in alert["output"]
+    time.sleep(1.5)  # the copy's aggregation window: still exactly one alert afterwards
+    assert len([a for a in detector.of(CP_RULE) if "/tmp/payload/" in a["output"]]) == 1
+
+
+def test_exec_write_into_an_emptydir_is_the_volume_rule(
+    cluster: Cluster, detector: Detector
+) -> None:
+    cluster.kubectl("exec", POD, "-n", NAMESPACE, "--", "sh", "-c", "echo x > /tmp/exec-note")
+    alert = detector.wait_for(VOLUME_RULE, lambda a: fields(a).get("fd.name") == "/tmp/exec-note")
+    assert fields(alert)["container.name"] == CONTAINER
+    assert fields(alert)["k8s.ns.name"] == NAMESPACE
+
+
+def test_exec_write_into_the_root_filesystem_is_the_refused_attempt_rule(
+    cluster: Cluster, detector: Detector
+) -> None:
+    result = cluster.kubectl(
+        "exec", POD, "-n", NAMESPACE, "--", "sh", "-c", "echo x > /etc/evil", check=False
+    )
+    assert "Read-only file system" in result.stderr
+    alert = detector.wait_for(REFUSED_RULE, lambda a: fields(a).get("fd.name") == "/etc/evil")
+    assert fields(alert)["k8s.pod.name"] == POD
+
+
+def test_the_pods_own_exec_liveness_probe_gives_no_alert(
+    cluster: Cluster, detector: Detector
+) -> None:
+    # the probe has run (it wrote its file) while the detector was watching
+    started = time.monotonic()
+    wait_until(
+        "the liveness probe to run",
+        lambda: (
+            cluster.kubectl(
+                "exec", POD, "-n", NAMESPACE, "--", "test", "-s", PROBE_FILE, check=False
+            ).returncode
+            == 0
+        ),
+        timeout=20,
+    )
+    time.sleep(max(0.0, 3 - (time.monotonic() - started)))  # three probe periods at least
+    noisy = [a for a in detector.alerts() if PROBE_FILE in a["output"]]
+    assert not noisy, noisy
