@@ -60,9 +60,7 @@ MANIFESTS: list[dict[str, Any]] = [
         "kind": "RoleBinding",
         "metadata": {"name": "exec", "namespace": NAMESPACE},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "exec"},
-        "subjects": [
-            {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "oncall"}
-        ],
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "oncall"}],
     },
 ]
 
