@@ -30,6 +30,7 @@ from detector.tracker import Tracker
 
 if TYPE_CHECKING:
     from detector.alerts import Alert
+    from detector.audit_sources import Attribution
     from detector.engine import Engine
     from detector.outputs import Outputs
 
@@ -87,9 +88,11 @@ class Pipeline:
         engine: Engine,
         outputs: Outputs,
         events_log: TextIO | None = None,
+        attribution: Attribution | None = None,
     ) -> None:
         self.loader, self.tracker, self.engine, self.outputs = loader, tracker, engine, outputs
         self.events_log = events_log
+        self.attribution = attribution  # who ran each exec session, when configured
         self.lost_seen = 0
         self.bad_records = 0
         self.processed = 0
@@ -108,8 +111,14 @@ class Pipeline:
 
     def _write(self) -> None:
         if self._pending:
-            self.outputs.emit_many(self._pending[:])
+            self._emit(self._pending[:], time.time_ns())
             self._pending.clear()  # the same list: step() holds it
+
+    def _emit(self, alerts: list[Alert], now: int, final: bool = False) -> None:
+        if self.attribution is not None:
+            alerts = self.attribution.route(alerts, now, final)
+        if alerts:
+            self.outputs.emit_many(alerts)
 
     def step(self, timeout_ms: int) -> int:
         """Poll once and handle what came; returns the wall-clock time it used."""
@@ -149,11 +158,11 @@ class Pipeline:
         return now
 
     def flush(self, now: int) -> None:
-        self.outputs.emit_many(self.engine.flush(now))
+        self._emit(self.engine.flush(now), now)
 
     def shutdown(self, now: int) -> None:
         """Write everything still pending: open copies, held-back alerts, lost counts."""
-        self.outputs.emit_many(self.engine.shutdown(now))
+        self._emit(self.engine.shutdown(now), now, final=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -163,6 +172,13 @@ def run(args: argparse.Namespace) -> int:
         settings = load_detector_settings(args.config, list(args.rules))
     except ConfigError as exc:
         return _fail(str(exc))
+    if args.audit_log or args.audit_webhook_bind:  # the flags win over the config file
+        audit = dataclasses.replace(
+            settings.k8s_audit,
+            log_file=args.audit_log or settings.k8s_audit.log_file,
+            webhook_bind=args.audit_webhook_bind or settings.k8s_audit.webhook_bind,
+        )
+        settings = dataclasses.replace(settings, k8s_audit=audit)
     if os.geteuid() != 0:
         return _fail("loading eBPF probes needs root (CAP_BPF, CAP_PERFMON); run it as root.")
 
@@ -195,7 +211,13 @@ def run(args: argparse.Namespace) -> int:
     metadata = metadata_from_env()
     pidfile: str | None = args.pidfile
     events_log: TextIO | None = None
+    attribution: Attribution | None = None
     try:
+        if settings.k8s_audit.enabled:
+            from detector.audit_sources import Attribution
+
+            attribution = Attribution(settings.k8s_audit, metadata.lookup)
+            attribution.start()
         engine = Engine.from_settings(settings, metadata)
         boot_to_wall = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         tracker = Tracker(host=procscan.ProcHost(), boot_to_wall_ns=boot_to_wall)
@@ -211,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-        pipeline = Pipeline(loader, tracker, engine, outputs, events_log)
+        pipeline = Pipeline(loader, tracker, engine, outputs, events_log, attribution)
         next_flush = 0
         while not stopping:
             now = pipeline.step(POLL_MS)
@@ -222,6 +244,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         loader.close()
+        if attribution is not None:
+            attribution.close()
         outputs.close()
         close = getattr(metadata, "close", None)
         if callable(close):

@@ -10,6 +10,8 @@ from typing import NamedTuple
 
 import orjson
 
+from detector.events import SessionRef
+
 FieldValue = str | int | None
 
 
@@ -58,6 +60,9 @@ class Alert(NamedTuple):
     output_fields: Mapping[str, FieldValue]
     tags: tuple[str, ...]
     hostname: str
+    # the exec session it came from (None: the container's own processes); not printed,
+    # detector/audit.py reads it to add who ran the session
+    session: SessionRef | None = None
 
     def to_text(self) -> str:
         """Falco's text line: `HH:MM:SS.nnnnnnnnn: Priority output` (UTC)."""

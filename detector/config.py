@@ -10,6 +10,7 @@ dataclasses. Without a file, the embedded defaults apply (stdout, default rules)
     program_output: {enabled: false, program: "jq -c .", keep_alive: false}
     http_output: {enabled: false, url: "http://127.0.0.1:2801/", timeout: 2}
     rate_limit: {enabled: true, rate: 0.2, max_burst: 20, summary_interval: 60}
+    k8s_audit: {log_file: "", webhook_bind: "", hold: 2, window: 30, skew: 1}
 """
 
 from __future__ import annotations
@@ -84,6 +85,30 @@ class RateLimit:
 
 
 @dataclass(frozen=True)
+class K8sAudit:
+    """Who ran each exec session, from the API server's audit events (detector/audit.py).
+    Off unless a source is given."""
+
+    log_file: str = ""
+    """The API server's audit log (`--audit-log-path`), followed across rotation."""
+    webhook_bind: str = ""
+    """HOST:PORT to serve the audit webhook backend on (`--audit-webhook-config-file`)."""
+    webhook_cert: str = ""
+    webhook_key: str = ""
+    """TLS for the webhook backend; plain HTTP without them."""
+    hold_s: float = 2.0
+    """How long an exec-session alert waits for its audit record."""
+    window_s: float = 30.0
+    """A session starts at most this long after its request was received."""
+    skew_s: float = 1.0
+    """How far the node's clock may run behind the API server's."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.log_file or self.webhook_bind)
+
+
+@dataclass(frozen=True)
 class DetectorSettings:
     rules: RuleSet
     rules_files: tuple[str, ...] = ()
@@ -98,6 +123,7 @@ class DetectorSettings:
     program_output: ProgramOutput = field(default_factory=ProgramOutput)
     http_output: HttpOutput = field(default_factory=HttpOutput)
     rate_limit: RateLimit = field(default_factory=RateLimit)
+    k8s_audit: K8sAudit = field(default_factory=K8sAudit)
     hostname: str = ""
     """Alerts' `hostname`: $NODE_NAME, else the host name."""
 
@@ -105,7 +131,7 @@ class DetectorSettings:
 _TOP_KEYS = frozenset(
     {
         "rules_file", "json_output", "priority", "rule_matching", "stdout_output",
-        "file_output", "program_output", "http_output", "rate_limit",
+        "file_output", "program_output", "http_output", "rate_limit", "k8s_audit",
     }
 )  # fmt: skip
 
@@ -151,6 +177,10 @@ def load_detector_settings(
     prog = reader.section("program_output", {"enabled", "program", "keep_alive"})
     http = reader.section("http_output", {"enabled", "url", "timeout"})
     rate = reader.section("rate_limit", {"enabled", "rate", "max_burst", "summary_interval"})
+    audit = reader.section(
+        "k8s_audit",
+        {"log_file", "webhook_bind", "webhook_cert", "webhook_key", "hold", "window", "skew"},
+    )
 
     file_output = FileOutput(
         enabled=reader.flag("file_output.enabled", False, file_out),
@@ -182,6 +212,21 @@ def load_detector_settings(
     if rate_limit.max_burst < 1:
         raise ConfigError(f"{where}: key 'rate_limit.max_burst': must be at least 1")
 
+    k8s_audit = K8sAudit(
+        log_file=reader.text("k8s_audit.log_file", "", audit),
+        webhook_bind=reader.text("k8s_audit.webhook_bind", "", audit),
+        webhook_cert=reader.text("k8s_audit.webhook_cert", "", audit),
+        webhook_key=reader.text("k8s_audit.webhook_key", "", audit),
+        hold_s=reader.number("k8s_audit.hold", 2.0, audit),
+        window_s=reader.number("k8s_audit.window", 30.0, audit),
+        skew_s=reader.number("k8s_audit.skew", 1.0, audit),
+    )
+    bind = k8s_audit.webhook_bind
+    if bind and not bind.rpartition(":")[2].isdigit():
+        raise ConfigError(f"{where}: key 'k8s_audit.webhook_bind': must be HOST:PORT, not {bind!r}")
+    if bool(k8s_audit.webhook_cert) != bool(k8s_audit.webhook_key):
+        raise ConfigError(f"{where}: key 'k8s_audit.webhook_key': give both the cert and the key")
+
     return DetectorSettings(
         rules=rules,
         rules_files=tuple(files),
@@ -193,6 +238,7 @@ def load_detector_settings(
         program_output=program_output,
         http_output=http_output,
         rate_limit=rate_limit,
+        k8s_audit=k8s_audit,
         hostname=env.get("NODE_NAME") or socket.gethostname(),
     )
 

@@ -28,6 +28,7 @@ from detector.events import (
     LostEvents,
     Process,
     Session,
+    SessionRef,
 )
 from detector.fields import (
     EVT_TYPES,
@@ -126,6 +127,7 @@ class _Group:
     opened_ns: int  # caller's clock
     last_ns: int
     fields: dict[str, FieldValue]
+    session: SessionRef | None
     items: list[str] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)
     count: int = 0
@@ -140,6 +142,7 @@ class _Held:
     compiled: _Compiled
     time_ns: int
     fields: dict[str, FieldValue]
+    session: SessionRef | None
 
 
 class Engine:
@@ -301,6 +304,15 @@ class Engine:
     def event_number(self) -> int:
         return self._num
 
+    def session_ref(self, proc: Process) -> SessionRef | None:
+        """The exec session a process belongs to, for its alerts (None: not in one)."""
+        if proc.session is not Session.EXEC:
+            return None
+        info = self._sessions.get(proc.session_id)
+        if info is not None:
+            return info.ref
+        return SessionRef(proc.container_id, proc.session_id, (), 0)  # its start was not seen
+
     # --- events ---------------------------------------------------------------------------
 
     def process(self, event: Event, now_ns: int) -> list[Alert]:
@@ -310,7 +322,7 @@ class Engine:
         elif cls is ExecEvent:
             proc = event.proc  # type: ignore[union-attr]
             self._procs.remember(proc)
-            self._sessions.leader_exec(proc)
+            self._sessions.leader_exec(proc, event.time_ns)
             self._state += 1
             rules = self._exec_rules
         elif cls is ExitEvent:
@@ -423,10 +435,12 @@ class Engine:
             admitted = self._limiter.admit(key, now_ns)
             if admitted is None:
                 fields = self._extract(c, event, memo)
-                self._limiter.hold(key, now_ns, _Held(c, event.time_ns, fields))
+                session = self.session_ref(event.proc)
+                self._limiter.hold(key, now_ns, _Held(c, event.time_ns, fields, session))
                 return None
             held = admitted
-        return self._finish(c, event.time_ns, self._extract(c, event, memo), held, memo)
+        fields = self._extract(c, event, memo)
+        return self._finish(c, event.time_ns, fields, held, memo, self.session_ref(event.proc))
 
     def _finish(
         self,
@@ -435,6 +449,7 @@ class Engine:
         fields: dict[str, FieldValue],
         held: int,
         memo: _ProcMemo | None = None,
+        session: SessionRef | None = None,
     ) -> Alert:
         fields["podlock.suppressed"] = held
         fields["podlock.drops"] = self._drops
@@ -446,11 +461,15 @@ class Engine:
         )
         rule = c.rule
         self.alerts += 1
-        return Alert(time_ns, rule.name, rule.priority, output, fields, rule.tags, self.hostname)
+        return Alert(
+            time_ns, rule.name, rule.priority, output, fields, rule.tags, self.hostname, session
+        )
 
     def _release(self, due: list[tuple[tuple[str, str], int, _Held]], out: list[Alert]) -> None:
         for _key, others, held in due:
-            out.append(self._finish(held.compiled, held.time_ns, held.fields, others))
+            out.append(
+                self._finish(held.compiled, held.time_ns, held.fields, others, None, held.session)
+            )
 
     # --- aggregation ------------------------------------------------------------------------
 
@@ -464,7 +483,7 @@ class Engine:
         if group is None:
             group = _Group(
                 c, proc.container_id, key_id, event.time_ns, now_ns, now_ns,
-                self._extract(c, event),
+                self._extract(c, event), self.session_ref(proc),
             )  # fmt: skip
             self._groups[key] = group
         group.last_ns = now_ns
@@ -493,10 +512,10 @@ class Engine:
             key = (c.rule.name, group.container_id)
             admitted = self._limiter.admit(key, now_ns)
             if admitted is None:
-                self._limiter.hold(key, now_ns, _Held(c, group.time_ns, fields))
+                self._limiter.hold(key, now_ns, _Held(c, group.time_ns, fields, group.session))
                 return
             held = admitted
-        out.append(self._finish(c, group.time_ns, fields, held))
+        out.append(self._finish(c, group.time_ns, fields, held, None, group.session))
 
     def _exited(self, proc: Process, now_ns: int, out: list[Alert]) -> None:
         pid = proc.pid

@@ -65,6 +65,16 @@ class Process:
     session_id: int  # host pid of the exec session's entry process (0 for CONTAINER)
 
 
+class SessionRef(NamedTuple):
+    """The exec session an alert came from, as the engine knew it when it made the alert
+    (what detector/audit.py needs to find who ran it)."""
+
+    container_id: str  # full 64-hex id
+    session_id: int  # host pid of the session's first process
+    argv: tuple[str, ...]  # that process's command; () when its exec was not seen
+    start_ns: int  # when that exec happened (wall clock); 0 when it was not seen
+
+
 # The events are NamedTuples (immutable, typed): one is built per kernel record, and a
 # NamedTuple is built in about a third of a frozen dataclass's time. A Process is built
 # once per process (the tracker reuses it), so it stays a frozen dataclass.

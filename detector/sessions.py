@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from detector.events import Process, Session
+from detector.events import Process, Session, SessionRef
 
 
 @dataclass(slots=True)
 class SessionInfo:
     container_id: str
     argv: tuple[str, ...]
+    ref: SessionRef  # what alerts of this session carry (one value per session)
     probe: bool | None = None  # None until the container's metadata is known
 
 
@@ -25,14 +26,15 @@ class SessionTable:
         self._capacity = capacity
         self._by_id: OrderedDict[int, SessionInfo] = OrderedDict()
 
-    def leader_exec(self, proc: Process) -> None:
-        """Record the session's command at its leader's first exec; later execs of the
-        leader (`sh -c 'exec …'`) keep the session what it started as."""
+    def leader_exec(self, proc: Process, time_ns: int) -> None:
+        """Record the session's command and start at its leader's first exec; later execs
+        of the leader (`sh -c 'exec …'`) keep the session what it started as."""
         if proc.session is not Session.EXEC or proc.pid != proc.session_id:
             return
         if proc.session_id in self._by_id:
             return
-        self._by_id[proc.session_id] = SessionInfo(proc.container_id, proc.cmdline)
+        ref = SessionRef(proc.container_id, proc.session_id, proc.cmdline, time_ns)
+        self._by_id[proc.session_id] = SessionInfo(proc.container_id, proc.cmdline, ref)
         if len(self._by_id) > self._capacity:
             self._by_id.popitem(last=False)
 

@@ -64,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--rules", action="append", default=[], metavar="FILE")
     detect.add_argument("--json", action="store_true", help="JSON alerts on stdout")
     detect.add_argument("--pidfile", metavar="PATH")
+    detect.add_argument(
+        "--audit-log", metavar="FILE", help="follow the API server's audit log: who ran each exec"
+    )
+    detect.add_argument(
+        "--audit-webhook-bind",
+        metavar="HOST:PORT",
+        help="serve the API server's audit webhook backend here: who ran each exec",
+    )
     return parser
 
 

@@ -1,0 +1,206 @@
+"""Who ran it (issue 12), in the real cluster: two people with their own client certificates
+run `kubectl exec` and `kubectl cp` into one pod; `podlock detect`, following the API server's
+audit log, names each of them on the alerts of their own session, and a session entered
+without the API server (containerd's own exec) says it is unmatched."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cluster import NODE, Cluster, wait_until
+
+pytestmark = pytest.mark.root
+
+Alert = dict[str, Any]
+NAMESPACE = "pl-who"
+POD = "shared"
+ROOTFS_RULE = "Write to container root filesystem in exec session"
+CP_RULE = "kubectl cp into container"
+SAME_COMMAND = ("sh", "-c", "echo hello >> /tmp/who-was-it")
+ROOT = Path(__file__).resolve().parents[2]
+
+MANIFESTS: list[dict[str, Any]] = [
+    {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": POD, "namespace": NAMESPACE},
+        "spec": {
+            "automountServiceAccountToken": False,
+            "terminationGracePeriodSeconds": 0,
+            "containers": [
+                {
+                    "name": "app",
+                    "image": "localhost/podlock-busybox:1.0",
+                    "imagePullPolicy": "Never",
+                    "command": ["sleep", "3600"],
+                }
+            ],
+        },
+    },
+    {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "exec", "namespace": NAMESPACE},
+        "rules": [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+            {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create", "get"]},
+        ],
+    },
+    {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "exec", "namespace": NAMESPACE},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "exec"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "oncall"}],
+    },
+]
+
+
+class Detector:
+    """`podlock detect --json --audit-log …` on the host, watching the cluster's pods."""
+
+    def __init__(self, workdir: Path, cluster: Cluster) -> None:
+        self.alerts_file = workdir / "alerts.jsonl"
+        self.log = workdir / "detector.log"
+        pidfile = workdir / "detect.pid"
+        env = {**os.environ, "NODE_NAME": NODE, "KUBECONFIG": str(cluster.kubeconfig)}
+        argv = [sys.executable, "-m", "webhook.cli", "detect", "--json", "--pidfile", str(pidfile)]
+        argv += ["--audit-log", str(cluster.audit_log)]
+        with self.alerts_file.open("wb") as out, self.log.open("wb") as err:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=ROOT)
+
+        def attached() -> bool:
+            assert self.proc.poll() is None, self.log.read_text()
+            return pidfile.exists()
+
+        wait_until("podlock detect to attach", attached, timeout=60)
+
+    def alerts(self) -> list[Alert]:
+        lines = self.alerts_file.read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def wait_for(self, what: str, match: Callable[[Alert], bool], count: int = 1) -> list[Alert]:
+        found: list[Alert] = []
+
+        def seen() -> bool:
+            assert self.proc.poll() is None, self.log.read_text()
+            found[:] = [a for a in self.alerts() if match(a)]
+            return len(found) >= count
+
+        try:
+            wait_until(what, seen, timeout=30)
+        except Exception:
+            rules = sorted({a["rule"] for a in self.alerts()})
+            raise AssertionError(f"{what}: not seen; alerts so far: {rules}") from None
+        return found
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def detector(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Detector]:
+    cluster.create_namespace(NAMESPACE)
+    cluster.apply(MANIFESTS)
+    d = None
+    try:
+        cluster.wait_pod_running(POD, NAMESPACE)
+        d = Detector(tmp_path_factory.mktemp("who"), cluster)
+        # the detector knows the pod before anyone execs (its metadata comes from a watch)
+        time.sleep(1)
+        yield d
+    finally:
+        if d is not None:
+            d.stop()
+        cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false")
+
+
+def _fields(alert: Alert) -> dict[str, Any]:
+    out: dict[str, Any] = alert["output_fields"]
+    return out
+
+
+def _on_pod(alert: Alert) -> bool:
+    return _fields(alert).get("k8s.pod.name") == POD
+
+
+def _audit_ids(cluster: Cluster, user: str) -> list[str]:
+    """The audit ids of the user's exec requests to the pod (each audited in several stages)."""
+    ids = [
+        e["auditID"]
+        for e in cluster.audit_events()
+        if e.get("user", {}).get("username") == user
+        and e.get("objectRef", {}).get("subresource") == "exec"
+        and e.get("objectRef", {}).get("name") == POD
+    ]
+    return list(dict.fromkeys(ids))
+
+
+def test_two_people_running_the_same_command_a_second_apart_are_each_named(
+    cluster: Cluster, detector: Detector
+) -> None:
+    alice = cluster.add_user("alice", ["oncall"])
+    bob = cluster.add_user("bob", ["oncall", "sre"])
+    for kubeconfig in (alice, bob):
+        cluster.kubectl("exec", POD, "-n", NAMESPACE, "--", *SAME_COMMAND, kubeconfig=kubeconfig)
+        time.sleep(1)
+    alerts = detector.wait_for(
+        "the two sessions' writes",
+        lambda a: a["rule"] == ROOTFS_RULE and _on_pod(a) and "/tmp/who-was-it" in a["output"],
+        count=2,
+    )
+    alerts.sort(key=lambda a: a["time"])
+    assert [_fields(a).get("user.name") for a in alerts] == ["alice", "bob"]
+    assert _fields(alerts[1])["k8s.user.groups"] == "oncall,sre,system:authenticated"
+    assert [_fields(a)["k8s.audit.id"] for a in alerts] == [
+        *_audit_ids(cluster, "alice"),
+        *_audit_ids(cluster, "bob"),
+    ]
+    assert alerts[0]["output"].endswith(f"k8s_audit_id={_fields(alerts[0])['k8s.audit.id']}")
+
+
+def test_a_copy_names_who_copied(cluster: Cluster, detector: Detector, tmp_path: Path) -> None:
+    carol = cluster.add_user("carol", ["oncall"])
+    payload = tmp_path / "payload"
+    payload.mkdir()
+    (payload / "tool.sh").write_text("echo tool\n")
+    cluster.kubectl("cp", str(payload), f"{NAMESPACE}/{POD}:/tmp/payload", kubeconfig=carol)
+    (alert,) = detector.wait_for(
+        "the copy's alert",
+        lambda a: a["rule"] == CP_RULE and _on_pod(a) and "/tmp/payload/tool.sh" in a["output"],
+    )
+    assert _fields(alert)["user.name"] == "carol"
+    assert _fields(alert)["k8s.audit.id"] in _audit_ids(cluster, "carol")
+
+
+def test_a_session_the_api_server_never_saw_is_unmatched_and_names_nobody(
+    cluster: Cluster, detector: Detector
+) -> None:
+    pod = cluster.get("pod", POD, NAMESPACE)
+    container_id = pod["status"]["containerStatuses"][0]["containerID"].split("://")[1]
+    # what someone on the node could do: enter the container through containerd directly
+    cluster.ctr(
+        "tasks", "exec", "--exec-id", "behind-the-api", container_id,
+        "sh", "-c", "echo sneaky > /tmp/node-side",
+    )  # fmt: skip
+    (alert,) = detector.wait_for(
+        "the node-side session's write",
+        lambda a: a["rule"] == ROOTFS_RULE and _on_pod(a) and "/tmp/node-side" in a["output"],
+    )
+    assert "user.name" not in _fields(alert)
+    assert _fields(alert)["podlock.audit"] == "unmatched"
+    assert alert["output"].endswith("k8s_user=<unmatched>")
