@@ -246,7 +246,9 @@ def _validate(request: _Request, mode: Mode, settings: Settings) -> _Answer:
             added = _new_ephemeral(request)
             violations = _judge(request, request.obj, settings, "pod", added)
             if added and policy.DEBUG_AS_EXEC in settings.enabled_rules:
-                debug = _validate_debug(request, added, mode, settings)
+                ref = pod_spec(request.obj, request.kind)
+                if ref is not None and not _exempt(request, ref, settings):
+                    debug = _validate_debug(request, added, mode, settings)
         else:
             return _Answer()  # a label change or finalizer removal is never refused
     elif request.kind in WORKLOAD_KINDS and request.operation in ("CREATE", "UPDATE"):

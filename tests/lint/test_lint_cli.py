@@ -91,8 +91,7 @@ def test_text_report(files: Path) -> None:
         "privileged.yaml:11: Pod/clean app privileged-container: privileged is true",
         "fixable.yaml:9: Pod/fixable app writable-root-filesystem: "
         "readOnlyRootFilesystem is not set",
-        "fixable.yaml:9: Pod/fixable app privilege-escalation: "
-        "allowPrivilegeEscalation is not set",
+        "fixable.yaml:9: Pod/fixable app privilege-escalation: allowPrivilegeEscalation is not set",
         "broken.yaml:4: error: invalid YAML: did not find expected node content (while "
         "parsing a flow node at line 4)",
         "3 findings (privilege-escalation: 1, privileged-container: 1, "
