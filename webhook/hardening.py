@@ -54,10 +54,12 @@ class Hardening:
         ops: tuple[Add, ...],
         changes: tuple[str, ...],  # per changed container, "set …": admission warnings say what
         notes: tuple[str, ...],  # what was asked for but not done, and why
+        keys: frozenset[str] = frozenset(),  # the securityContext keys set, in any container
     ) -> None:
         self.ops = ops
         self.changes = changes
         self.notes = notes
+        self.keys = keys
 
 
 NOTHING = Hardening((), (), ())
@@ -110,6 +112,7 @@ def plan_hardening(
     new_volumes: list[dict[str, Any]] = []
     ops: list[Add] = []
     changes: list[str] = []
+    keys: set[str] = set()
 
     for ref_c in containers(spec):
         group, at, name, container = ref_c.group, ref_c.path, ref_c.name, ref_c.container
@@ -154,6 +157,7 @@ def plan_hardening(
         if drop:
             ops.append(Add((*at, "securityContext", "capabilities", "drop"), ["ALL"]))
             wanted["capabilities"] = {"drop": ["ALL"]}
+        keys.update(wanted)
         change = f'set {_describe(wanted)} on container "{name}"'
         if made_read_only and can_add_volumes and group != "ephemeralContainers":
             existing = container.get("volumeMounts")
@@ -180,7 +184,7 @@ def plan_hardening(
             ops.append(Add(("volumes",), new_volumes))
         else:
             ops += [Add(("volumes", "-"), volume) for volume in new_volumes]
-    return Hardening(tuple(ops), tuple(changes), tuple(notes))
+    return Hardening(tuple(ops), tuple(changes), tuple(notes), frozenset(keys))
 
 
 @functools.lru_cache(maxsize=64)

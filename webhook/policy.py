@@ -224,17 +224,18 @@ def evaluate(
     capabilities = CAPABILITIES in enabled and not windows
     profiles = SECURITY_PROFILE in enabled and not windows
     images = settings.image_action != "off"
+    host = HOST_ACCESS in enabled
     pod_context = mapping(spec.get("securityContext"))
     pod_user = pod_context.get("runAsUser")
     pod_root = _is_zero(pod_user)
     pod_non_root = pod_context.get("runAsNonRoot")
     unset_breaks = context != "template"  # see Context
     found: list[Violation] = []
-    volumes = _volumes(spec) if writable_mount else {}
+    volumes: dict[str, tuple[str, Mapping[str, Any]]] | None = None  # built when first needed
     if names is None:
         if profiles:
             _pod_profiles(pod_context, annotations, found)
-        if HOST_ACCESS in enabled:
+        if host:
             _host_access(spec, settings, found)
     for ref in containers(spec):
         if names is not None and ref.name not in names:
@@ -293,6 +294,10 @@ def evaluate(
                 _capabilities(ref, added, settings, found)
         if profiles and context_of:
             _container_profiles(ref, context_of, found)
+        if host and mapping(context_of.get("windowsOptions")).get("hostProcess") is True:
+            found.append(
+                _violation(ref, HOST_ACCESS, "windowsOptions", "windowsOptions.hostProcess is true")
+            )
         if profiles and annotations:
             apparmor = annotations.get(APPARMOR_ANNOTATION + ref.name)
             if apparmor == "unconfined":
@@ -305,7 +310,9 @@ def evaluate(
                     )
                 )
         if writable_mount:
-            _mounts(ref, volumes, settings, found)
+            if volumes is None and container.get("volumeMounts"):
+                volumes = _volumes(spec)
+            _mounts(ref, volumes or {}, settings, found)
         if images:
             image = container.get("image")
             if isinstance(image, str) and image and "@" not in image:
@@ -339,11 +346,18 @@ def _volumes(spec: Mapping[str, Any]) -> dict[str, tuple[str, Mapping[str, Any]]
 
 
 def _allowed(path: str, ref: ContainerRef, settings: Settings) -> bool:
-    if under_any(path, settings.writable_roots):
-        return True
     image = ref.container.get("image")
-    paths = profile_paths(image if isinstance(image, str) else "", settings.image_profiles)
-    return under_any(path, paths)
+    image = image if isinstance(image, str) else ""
+    return _writable_here(path, image, settings.writable_roots, settings.image_profiles)
+
+
+@functools.lru_cache(maxsize=4096)
+def _writable_here(
+    path: str, image: str, roots: tuple[str, ...], profiles: tuple[ImageProfile, ...]
+) -> bool:
+    """A clean path under the roots or the image's profile paths (cached: pods repeat the
+    same few mounts and images)."""
+    return under_any(path, roots) or under_any(path, profile_paths(image, profiles))
 
 
 def _mounts(
@@ -434,7 +448,8 @@ def _selinux_problem(options: Mapping[str, Any]) -> str:
 
 
 def _unconfined(context: Mapping[str, Any], field: str) -> bool:
-    return mapping(context.get(field)).get("type") == "Unconfined"
+    profile = context.get(field)
+    return isinstance(profile, dict) and profile.get("type") == "Unconfined"
 
 
 def _pod_profiles(
@@ -456,7 +471,8 @@ def _container_profiles(
     for field in ("seccompProfile", "appArmorProfile"):
         if _unconfined(context, field):
             found.append(_violation(ref, SECURITY_PROFILE, field, f"{field} is Unconfined"))
-    if problem := _selinux_problem(mapping(context.get("seLinuxOptions"))):
+    options = context.get("seLinuxOptions")
+    if isinstance(options, dict) and (problem := _selinux_problem(options)):
         found.append(_violation(ref, SECURITY_PROFILE, "seLinuxOptions", problem))
     proc = context.get("procMount")
     if proc is not None and proc != "Default":
@@ -477,21 +493,16 @@ def _host_access(spec: Mapping[str, Any], settings: Settings, found: list[Violat
                 "windowsOptions.hostProcess is true",
             )
         )
-    refs = list(containers(spec))
-    for ref in refs:
-        context = mapping(ref.container.get("securityContext"))
-        if mapping(context.get("windowsOptions")).get("hostProcess") is True:
-            found.append(
-                _violation(ref, HOST_ACCESS, "windowsOptions", "windowsOptions.hostProcess is true")
-            )
     volumes = spec.get("volumes")
     if isinstance(volumes, list):
         for index, volume in enumerate(volumes):
             if isinstance(volume, dict) and "hostPath" in volume:
-                problem = _host_path_problem(volume, refs, settings)
+                problem = _host_path_problem(volume, list(containers(spec)), settings)
                 if problem:
                     found.append(Violation(HOST_ACCESS, "", ("volumes", index), problem))
-    if spec.get("shareProcessNamespace") is True and _may_ptrace(refs, pod_context):
+    if spec.get("shareProcessNamespace") is True and _may_ptrace(
+        list(containers(spec)), pod_context
+    ):
         found.append(
             Violation(
                 HOST_ACCESS,

@@ -20,7 +20,7 @@ import pybase64
 
 from webhook import policy
 from webhook.config import IMAGE_RULE, Mode, Settings
-from webhook.hardening import Add, plan_hardening, to_json_patch
+from webhook.hardening import plan_hardening, to_json_patch
 from webhook.podspecs import WORKLOAD_KINDS, PodSpecRef, containers, mapping, pod_spec
 from webhook.projection import decode_review
 
@@ -188,7 +188,7 @@ def _mutate(request: _Request, mode: Mode, settings: Settings) -> _Answer:
     notes = [f"podlock: {note}" for note in hardening.notes]
     if not hardening.ops:
         return _Answer(warnings=_warnings(notes))
-    rules = _hardened_rules(hardening.ops)
+    rules = _hardened_rules(hardening.keys)
     if mode == "enforce":
         patch = to_json_patch(hardening.ops, ("spec",))
         done = [f"podlock {change}" for change in hardening.changes]
@@ -199,29 +199,18 @@ def _mutate(request: _Request, mode: Mode, settings: Settings) -> _Answer:
     return _Answer(audit={"mutations": "; ".join(hardening.changes)}, rules=rules)
 
 
-_HARDENED_BY = {
-    "readOnlyRootFilesystem": policy.WRITABLE_ROOT,
-    "runAsNonRoot": policy.RUN_AS_NON_ROOT,
-    "allowPrivilegeEscalation": policy.PRIVILEGE_ESCALATION,
-    "capabilities": policy.CAPABILITIES,
-    "drop": policy.CAPABILITIES,
-    "seccompProfile": policy.SECURITY_PROFILE,
-}
+_HARDENED_BY = (
+    ("readOnlyRootFilesystem", policy.WRITABLE_ROOT),
+    ("runAsNonRoot", policy.RUN_AS_NON_ROOT),
+    ("allowPrivilegeEscalation", policy.PRIVILEGE_ESCALATION),
+    ("capabilities", policy.CAPABILITIES),
+    ("seccompProfile", policy.SECURITY_PROFILE),
+)
 
 
-def _hardened_rules(ops: Sequence[Add]) -> tuple[str, ...]:
+def _hardened_rules(keys: frozenset[str]) -> tuple[str, ...]:
     """The rules whose fields the plan sets, for the metrics (in a fixed order)."""
-    keys: set[str] = set()
-    for op in ops:
-        last = op.path[-1]
-        if last == "securityContext" and isinstance(op.value, dict):
-            keys.update(op.value)
-        elif isinstance(last, str):
-            keys.add(last)
-    fired = {rule for key, rule in _HARDENED_BY.items() if key in keys}
-    if not fired:  # only volumes: they come with a read-only root
-        fired.add(policy.WRITABLE_ROOT)
-    return tuple(rule for rule in policy.RULES if rule in fired)
+    return tuple([rule for key, rule in _HARDENED_BY if key in keys]) or (policy.WRITABLE_ROOT,)
 
 
 def _exempt(request: _Request, ref: PodSpecRef, settings: Settings) -> bool:
