@@ -17,3 +17,11 @@ from webhook.config import Settings, load_settings
 @pytest.fixture(scope="session")
 def settings() -> Settings:
     return load_settings(None)
+
+
+@pytest.fixture(scope="session")
+def core_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The embedded policy with `profile: core`: podlock as it was before the strict rules."""
+    path = tmp_path_factory.mktemp("policy") / "core.yaml"
+    path.write_text("profile: core\n")
+    return load_settings(str(path))

@@ -19,8 +19,60 @@ ExecAction = Literal["deny", "warn", "audit", "off"]
 MODES: tuple[Mode, ...] = get_args(Mode)
 EXEC_ACTIONS: tuple[ExecAction, ...] = get_args(ExecAction)
 
-POD_RULES = ("privileged-container", "root-user", "writable-root-filesystem")
+Profile = Literal["core", "strict"]
+PROFILES: tuple[Profile, ...] = get_args(Profile)
+ImageAction = Literal["deny", "warn", "off"]
+IMAGE_ACTIONS: tuple[ImageAction, ...] = get_args(ImageAction)
+
+# The three rules of the design: on in every profile.
+CORE_RULES = ("privileged-container", "root-user", "writable-root-filesystem")
+# On/off rules that `profile: strict` switches on and `profile: core` leaves off.
+STRICT_RULES = (
+    "writable-mount",  # writable mounts and kubelet-placed files only under the allowlist
+    "run-as-non-root",  # runAsNonRoot: true where no non-zero runAsUser applies
+    "privilege-escalation",  # allowPrivilegeEscalation: false
+    "capabilities",  # added capabilities only from the allowed set
+    "security-profile",  # no Unconfined seccomp/AppArmor, baseline SELinux, no Unmasked /proc
+    "host-access",  # no host namespaces, hostPath, hostProcess, ptrace across containers
+    "ephemeral-container-as-exec",  # exec-into-hardened-pod also judges `kubectl debug`
+    "late-exemption",  # the opt-out counts on UPDATE only if the old object had it
+)
+POD_RULES = CORE_RULES + STRICT_RULES
 EXEC_RULE = "exec-into-hardened-pod"
+IMAGE_RULE = "mutable-image-reference"  # deny | warn | off: an action, like the exec rule
+
+# Writable roots: where a writable volume (or a kubelet-placed file) may be mounted.
+DEFAULT_WRITABLE_ROOTS = (
+    "/tmp",
+    "/var/tmp",
+    "/run",
+    "/var/run",
+    "/var/cache",
+    "/var/log",
+    "/var/lib",
+    "/data",
+    "/home",
+)
+# Pod Security baseline's allowed added capabilities.
+BASELINE_CAPABILITIES = frozenset(
+    {
+        "AUDIT_WRITE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "MKNOD",
+        "NET_BIND_SERVICE",
+        "SETFCAP",
+        "SETGID",
+        "SETPCAP",
+        "SETUID",
+        "SYS_CHROOT",
+    }
+)
+# hostPath directories a pod may mount read-only (the node's clock and zone data).
+DEFAULT_HOST_PATHS_READ_ONLY = ("/etc/localtime", "/usr/share/zoneinfo")
 
 SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -43,10 +95,24 @@ class ImageProfile(NamedTuple):
 class Settings:
     default_mode: Mode = "enforce"
     """Mode used when a request or command names none."""
+    profile: Profile = "strict"
+    """Which rules are on when the file does not say: core = the three rules of the design."""
     enabled_rules: frozenset[str] = frozenset(POD_RULES)
     """Pod rules switched on."""
     exec_action: ExecAction = "audit"
     """What exec-into-hardened-pod does with a kubectl exec/attach in an enforce namespace."""
+    image_action: ImageAction = "warn"
+    """What mutable-image-reference does with a tag-only image: deny | warn | off."""
+    drop_all_capabilities: bool = False
+    """Harden: capabilities.drop: [ALL] where a container sets no drop list."""
+    seccomp_runtime_default: bool = False
+    """Harden: seccompProfile RuntimeDefault where neither the container nor the pod sets one."""
+    writable_roots: tuple[str, ...] = DEFAULT_WRITABLE_ROOTS
+    """Writable mounts are allowed at or under these (and the container's image profile)."""
+    allowed_capabilities: frozenset[str] = BASELINE_CAPABILITIES
+    """Capabilities a container may add (names without CAP_, upper case)."""
+    host_paths_read_only: tuple[str, ...] = DEFAULT_HOST_PATHS_READ_ONLY
+    """hostPath directories a pod may mount read-only (host-access)."""
     exempt_namespaces: tuple[str, ...] = ("kube-system", "podlock-system")
     """Never judged or changed; deploy/'s namespaceSelectors are rendered from this list."""
     pod_opt_out_namespaces: frozenset[str] = frozenset()
@@ -110,7 +176,11 @@ def settings_from_mapping(data: Mapping[str, Any], source: str) -> Settings:
         "apiVersion",
         "kind",
         "defaultMode",
+        "profile",
         "rules",
+        "hardening",
+        "capabilities",
+        "hostPaths",
         "exemptNamespaces",
         "podOptOutNamespaces",
         "writablePaths",
@@ -123,22 +193,55 @@ def settings_from_mapping(data: Mapping[str, Any], source: str) -> Settings:
 
     mode = reader.choice(data.get("defaultMode"), MODES, "defaultMode")
 
+    profile = reader.choice(data.get("profile", "strict"), PROFILES, "profile")
+    strict = profile == "strict"
     rules = reader.mapping(data.get("rules"), "rules")
-    reader.no_unknown_keys(rules, {*POD_RULES, EXEC_RULE}, "rules")
+    reader.no_unknown_keys(rules, {*POD_RULES, EXEC_RULE, IMAGE_RULE}, "rules")
+    # A rule the file names explicitly wins over its profile's default.
     enabled = frozenset(
-        rule for rule in POD_RULES if reader.switch(rules.get(rule, True), f"rules.{rule}")
+        rule
+        for rule in POD_RULES
+        if reader.switch(rules.get(rule, strict or rule in CORE_RULES), f"rules.{rule}")
     )
     exec_value = rules.get(EXEC_RULE, "audit")
     if exec_value is False:  # YAML 1.1 reads a bare `off` as false
         exec_value = "off"
     exec_action = reader.choice(exec_value, EXEC_ACTIONS, f"rules.{EXEC_RULE}")
+    image_value = rules.get(IMAGE_RULE, "warn" if strict else "off")
+    if image_value is False:
+        image_value = "off"
+    image_action = reader.choice(image_value, IMAGE_ACTIONS, f"rules.{IMAGE_RULE}")
+
+    hardening = reader.mapping(data.get("hardening"), "hardening")
+    reader.no_unknown_keys(hardening, {"dropAllCapabilities", "seccompRuntimeDefault"}, "hardening")
+    drop_all = reader.switch(
+        hardening.get("dropAllCapabilities", False), "hardening.dropAllCapabilities"
+    )
+    seccomp = reader.switch(
+        hardening.get("seccompRuntimeDefault", False), "hardening.seccompRuntimeDefault"
+    )
+
+    capabilities = reader.mapping(data.get("capabilities"), "capabilities")
+    reader.no_unknown_keys(capabilities, {"allowed"}, "capabilities")
+    allowed_caps = frozenset(
+        capability_name(name)
+        for name in reader.names(
+            capabilities.get("allowed", sorted(BASELINE_CAPABILITIES)), "capabilities.allowed"
+        )
+    )
+    host_paths = reader.mapping(data.get("hostPaths"), "hostPaths")
+    reader.no_unknown_keys(host_paths, {"readOnly"}, "hostPaths")
+    host_read_only = reader.paths(
+        host_paths.get("readOnly", list(DEFAULT_HOST_PATHS_READ_ONLY)), "hostPaths.readOnly"
+    )
 
     exempt = reader.names(data.get("exemptNamespaces"), "exemptNamespaces")
     opt_out = reader.names(data.get("podOptOutNamespaces"), "podOptOutNamespaces")
 
     writable = reader.mapping(data.get("writablePaths"), "writablePaths")
-    reader.no_unknown_keys(writable, {"defaults", "forbidden"}, "writablePaths")
+    reader.no_unknown_keys(writable, {"defaults", "roots", "forbidden"}, "writablePaths")
     defaults = reader.paths(writable.get("defaults", ["/tmp"]), "writablePaths.defaults")
+    roots = reader.paths(writable.get("roots", list(DEFAULT_WRITABLE_ROOTS)), "writablePaths.roots")
     forbidden = reader.paths(writable.get("forbidden", ["/"]), "writablePaths.forbidden")
 
     profiles: list[ImageProfile] = []
@@ -163,10 +266,26 @@ def settings_from_mapping(data: Mapping[str, Any], source: str) -> Settings:
     medium = reader.choice(empty_dir.get("medium") or "", ("", "Memory"), "emptyDir.medium")
     size_limit = reader.text(empty_dir.get("sizeLimit") or "", "emptyDir.sizeLimit")
 
+    if "writable-mount" in enabled:
+        # podlock's own emptyDirs obey the allowlist it holds pods to.
+        for index, path in enumerate(defaults):
+            if not under_any(path, roots):
+                raise reader.fail(
+                    f"writablePaths.defaults[{index}]",
+                    f"{path} is not under writablePaths.roots ({', '.join(roots)})",
+                )
+
     return Settings(
         default_mode=mode,
+        profile=profile,
         enabled_rules=enabled,
         exec_action=exec_action,
+        image_action=image_action,
+        drop_all_capabilities=drop_all,
+        seccomp_runtime_default=seccomp,
+        writable_roots=roots,
+        allowed_capabilities=allowed_caps,
+        host_paths_read_only=host_read_only,
         exempt_namespaces=exempt,
         pod_opt_out_namespaces=frozenset(opt_out),
         default_writable_paths=defaults,
@@ -236,14 +355,54 @@ class _Reader:
 
     def paths(self, value: object, key: str) -> tuple[str, ...]:
         items = self.names(value, key)
+        cleaned = []
         for index, item in enumerate(items):
             if not item.startswith("/"):
                 raise self.fail(f"{key}[{index}]", f"must be an absolute path, not {item!r}")
-        return tuple(normalize_path(item) for item in items)
+            path = clean_path(item)
+            if path is None:
+                raise self.fail(f"{key}[{index}]", f"must not contain '..', not {item!r}")
+            cleaned.append(path)
+        return tuple(cleaned)
 
 
 @functools.lru_cache(maxsize=4096)
+def clean_path(path: str) -> str | None:
+    """A container path as the runtime will use it, or None when that is ambiguous.
+
+    The kubelet makes a relative mountPath or terminationMessagePath absolute with Go's
+    `filepath.Clean("/" + path)`; runc then resolves the destination inside the root with
+    securejoin, which follows the image's symlinks before it applies a `..`. So `/var/run/..`
+    is `/` after Clean but `/run/..` = `/` or `/var` depending on the image: any `..`
+    component (and a NUL byte, which no syscall takes) is refused instead of guessed.
+    `usr//bin/./` is `/usr/bin`; `` and `/` are `/`.
+    """
+    parts = []
+    for part in path.split("/"):
+        if part == "..":
+            return None
+        if part and part != ".":
+            parts.append(part)
+    if "\0" in path:
+        return None
+    return "/" + "/".join(parts)
+
+
 def normalize_path(path: str) -> str:
-    """`/var/run/` and `/var//run` are `/var/run`; `/` stays `/`."""
-    normal = posixpath.normpath(path)
-    return "/" if normal == "//" else normal
+    """A clean path for a value already known to be absolute and free of `..`."""
+    return clean_path(path) or posixpath.normpath(path)
+
+
+def under(path: str, root: str) -> bool:
+    """`path` is `root` or below it (both clean)."""
+    return path == root or root == "/" or path.startswith(root + "/")
+
+
+def under_any(path: str, roots: tuple[str, ...]) -> bool:
+    return any(under(path, root) for root in roots)
+
+
+def capability_name(name: str) -> str:
+    """`cap_sys_admin`, `CAP_SYS_ADMIN` and `SYS_ADMIN` are the same capability to compare."""
+    upper = name.strip().upper()
+    return upper[4:] if upper.startswith("CAP_") else upper

@@ -8,16 +8,24 @@ a generic `jsonpatch.make_patch` over a whole pod costs ~25x more per admission.
 from __future__ import annotations
 
 import copy
-import fnmatch
 import functools
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from webhook.config import ImageProfile, Settings, normalize_path
-from webhook.podspecs import ContainerRef, Path, PodSpecRef, containers
-from webhook.policy import WRITABLE_ROOT
+from webhook.config import ImageProfile, Settings, capability_name, clean_path, under_any
+from webhook.podspecs import ContainerRef, Path, PodSpecRef, containers, mapping
+from webhook.policy import (
+    PRIVILEGE_ESCALATION,
+    RUN_AS_NON_ROOT,
+    WRITABLE_MOUNT,
+    WRITABLE_ROOT,
+    image_repository,
+    profile_paths,
+)
+
+__all__ = ["Add", "Hardening", "apply", "image_repository", "plan", "plan_hardening"]
 
 WRITABLE_PATHS_KEY = "podlock.io/writable-paths"
 MAX_NAME = 63  # volume names are DNS labels
@@ -46,10 +54,12 @@ class Hardening:
         ops: tuple[Add, ...],
         changes: tuple[str, ...],  # per changed container, "set …": admission warnings say what
         notes: tuple[str, ...],  # what was asked for but not done, and why
+        keys: frozenset[str] = frozenset(),  # the securityContext keys set, in any container
     ) -> None:
         self.ops = ops
         self.changes = changes
         self.notes = notes
+        self.keys = keys
 
 
 NOTHING = Hardening((), (), ())
@@ -62,19 +72,32 @@ def plan(ref: PodSpecRef, settings: Settings) -> list[Add]:
 def plan_hardening(
     ref: PodSpecRef, settings: Settings, only_ephemeral: Iterable[str] | None = None
 ) -> Hardening:
-    """Harden every container whose readOnlyRootFilesystem is unset.
+    """Set, where unset, what the enabled rules want of every container's securityContext:
+    readOnlyRootFilesystem (with an emptyDir at each writable path), runAsNonRoot,
+    allowPrivilegeEscalation false, and optionally capabilities.drop [ALL] and a
+    RuntimeDefault seccomp profile. Explicit values are left for validation to judge.
 
     With `only_ephemeral`, only the named ephemeral containers are considered and no volumes
     are added: a running pod's volumes cannot change (a pods/ephemeralcontainers UPDATE).
     (Runs on every admission: written for speed, without a helper per step.)
     """
     spec = ref.spec
-    if ref.is_windows:  # the API server rejects readOnlyRootFilesystem on Windows pods
+    if ref.is_windows:  # the API server rejects these fields on Windows pods
         return NOTHING
-    if WRITABLE_ROOT not in settings.enabled_rules:  # the rule this plan satisfies is off
+    enabled = settings.enabled_rules
+    read_only = WRITABLE_ROOT in enabled
+    non_root = RUN_AS_NON_ROOT in enabled
+    no_escalation = PRIVILEGE_ESCALATION in enabled
+    drop_all = settings.drop_all_capabilities
+    pod_context = spec.get("securityContext")
+    pod_context = pod_context if isinstance(pod_context, dict) else {}
+    seccomp = settings.seccomp_runtime_default and pod_context.get("seccompProfile") is None
+    if not (read_only or non_root or no_escalation or drop_all or seccomp):
         return NOTHING
+    pod_user = pod_context.get("runAsUser")
+    pod_non_root = pod_context.get("runAsNonRoot")
     ephemeral = None if only_ephemeral is None else frozenset(only_ephemeral)
-    annotation = ref.annotations.get(WRITABLE_PATHS_KEY)
+    annotation = ref.annotations.get(WRITABLE_PATHS_KEY) if read_only else None
     if annotation and isinstance(annotation, str):
         requested, notes = parse_writable_paths(annotation, settings)
     else:
@@ -82,30 +105,61 @@ def plan_hardening(
 
     volumes = spec.get("volumes")
     can_add_volumes = ephemeral is None and (volumes is None or isinstance(volumes, list))
-    if ephemeral is None and not can_add_volumes:
+    if read_only and ephemeral is None and not can_add_volumes:
         notes.append("spec.volumes is not a list: no emptyDir volumes added")
     taken = _volume_names(volumes)
     empty_dir = _empty_dir(settings)
     new_volumes: list[dict[str, Any]] = []
     ops: list[Add] = []
     changes: list[str] = []
+    keys: set[str] = set()
 
     for ref_c in containers(spec):
         group, at, name, container = ref_c.group, ref_c.path, ref_c.name, ref_c.container
         if ephemeral is not None and (group != "ephemeralContainers" or name not in ephemeral):
             continue
         context = container.get("securityContext")
-        if context is None:
-            ops.append(Add((*at, "securityContext"), {"readOnlyRootFilesystem": True}))
-        elif not isinstance(context, dict):
+        if context is not None and not isinstance(context, dict):
             notes.append(f'container "{name}": securityContext is not a mapping: left alone')
             continue
-        elif context.get("readOnlyRootFilesystem") is not None:
-            continue  # true stays as written; anything else is validation's to refuse
+        own = context or {}
+        wanted: dict[str, Any] = {}
+        made_read_only = read_only and own.get("readOnlyRootFilesystem") is None
+        if made_read_only:
+            wanted["readOnlyRootFilesystem"] = True
+        if non_root:
+            user = own.get("runAsUser", pod_user)
+            if not (isinstance(user, int) and not isinstance(user, bool) and user != 0):
+                value = own.get("runAsNonRoot")
+                if (pod_non_root if value is None else value) is None:
+                    wanted["runAsNonRoot"] = True
+        capabilities = own.get("capabilities")
+        if no_escalation and own.get("allowPrivilegeEscalation") is None:
+            # The API server refuses false next to privileged or an added SYS_ADMIN: leave
+            # those for validation to refuse by name.
+            added = mapping(capabilities).get("add")
+            if own.get("privileged") is not True and not (
+                isinstance(added, list)
+                and any(isinstance(a, str) and capability_name(a) == "SYS_ADMIN" for a in added)
+            ):
+                wanted["allowPrivilegeEscalation"] = False
+        if drop_all and capabilities is None:
+            wanted["capabilities"] = {"drop": ["ALL"]}
+        if seccomp and own.get("seccompProfile") is None:
+            wanted["seccompProfile"] = {"type": "RuntimeDefault"}
+        drop = drop_all and isinstance(capabilities, dict) and capabilities.get("drop") is None
+        if not wanted and not drop:
+            continue
+        if context is None:
+            ops.append(Add((*at, "securityContext"), wanted))
         else:
-            ops.append(Add((*at, "securityContext", "readOnlyRootFilesystem"), True))
-        change = f'set readOnlyRootFilesystem: true on container "{name}"'
-        if can_add_volumes and group != "ephemeralContainers":
+            ops += [Add((*at, "securityContext", key), value) for key, value in wanted.items()]
+        if drop:
+            ops.append(Add((*at, "securityContext", "capabilities", "drop"), ["ALL"]))
+            wanted["capabilities"] = {"drop": ["ALL"]}
+        keys.update(wanted)
+        change = f'set {_describe(wanted)} on container "{name}"'
+        if made_read_only and can_add_volumes and group != "ephemeralContainers":
             existing = container.get("volumeMounts")
             if existing is not None and not isinstance(existing, list):
                 notes.append(f'container "{name}": volumeMounts is not a list: no emptyDir added')
@@ -130,7 +184,25 @@ def plan_hardening(
             ops.append(Add(("volumes",), new_volumes))
         else:
             ops += [Add(("volumes", "-"), volume) for volume in new_volumes]
-    return Hardening(tuple(ops), tuple(changes), tuple(notes))
+    return Hardening(tuple(ops), tuple(changes), tuple(notes), frozenset(keys))
+
+
+@functools.lru_cache(maxsize=64)
+def _describe_keys(keys: tuple[str, ...]) -> str:
+    return ", ".join(_SHOWN[key] for key in keys)
+
+
+_SHOWN = {
+    "readOnlyRootFilesystem": "readOnlyRootFilesystem: true",
+    "runAsNonRoot": "runAsNonRoot: true",
+    "allowPrivilegeEscalation": "allowPrivilegeEscalation: false",
+    "capabilities": "capabilities.drop: [ALL]",
+    "seccompProfile": "seccompProfile: RuntimeDefault",
+}
+
+
+def _describe(wanted: Mapping[str, Any]) -> str:
+    return _describe_keys(tuple(wanted))
 
 
 def writable_paths_for(
@@ -138,30 +210,22 @@ def writable_paths_for(
 ) -> tuple[str, ...]:
     """Defaults, image profiles and the annotation, keeping only the outermost of nested paths."""
     image = ref.container.get("image")
-    base = _image_paths(
-        image if isinstance(image, str) else None,
-        settings.default_writable_paths,
-        settings.image_profiles,
-    )
+    image = image if isinstance(image, str) else ""
+    base = _image_paths(image, settings.default_writable_paths, settings.image_profiles)
     extra = requested.get("*", ()) + requested.get(ref.name, ()) if requested else ()
+    if extra and WRITABLE_MOUNT in settings.enabled_rules:
+        # An entry under another image's profile is not this container's to have.
+        own = (*settings.writable_roots, *profile_paths(image, settings.image_profiles))
+        extra = tuple(path for path in extra if under_any(path, own))
     return _outermost((*base, *extra)) if extra else base
 
 
 @functools.lru_cache(maxsize=1024)
 def _image_paths(
-    image: str | None, defaults: tuple[str, ...], profiles: tuple[ImageProfile, ...]
+    image: str, defaults: tuple[str, ...], profiles: tuple[ImageProfile, ...]
 ) -> tuple[str, ...]:
     """The defaults and the image's profile paths (cached: a cluster runs few images)."""
-    if image is None:
-        return _outermost(defaults)
-    repo = image_repository(image)
-    profiled = (
-        path
-        for profile in profiles
-        if any(fnmatch.fnmatchcase(repo, pattern) for pattern in profile.images)
-        for path in profile.paths
-    )
-    return _outermost((*defaults, *profiled))
+    return _outermost((*defaults, *profile_paths(image, profiles)))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -176,8 +240,9 @@ def _unmounted(wanted: Sequence[str], existing: list[Any] | None) -> list[str]:
     for mount in existing or ():
         path = mount.get("mountPath") if isinstance(mount, dict) else None
         if isinstance(path, str) and path:
-            path = normalize_path(path)
-            left = [p for p in left if not _covers(path, p)]
+            clean = clean_path(path)
+            if clean is not None:
+                left = [p for p in left if not _covers(clean, p)]
     return left
 
 
@@ -224,22 +289,6 @@ def _covers(mount: str, path: str) -> bool:
     return mount == path or path.startswith(mount.rstrip("/") + "/")
 
 
-@functools.lru_cache(maxsize=4096)
-def image_repository(image: str) -> str:
-    """`docker.io/library/nginx:1.27@sha256:…` -> `nginx`; `quay.io/org/app:v1` -> `org/app`."""
-    name = image.split("@", 1)[0]
-    slash = name.rfind("/")
-    colon = name.rfind(":")
-    if colon > slash:  # a tag, not a registry port
-        name = name[:colon]
-    parts = name.split("/")
-    if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
-        parts = parts[1:]
-    if len(parts) > 1 and parts[0] == "library":
-        parts = parts[1:]
-    return "/".join(parts)
-
-
 def parse_writable_paths(
     value: str, settings: Settings
 ) -> tuple[dict[str, tuple[str, ...]], list[str]]:
@@ -263,17 +312,28 @@ def parse_writable_paths(
             path = raw.strip()
             if not path:
                 continue
-            if not path.startswith("/") or ".." in path.split("/"):
+            clean = clean_path(path) if path.startswith("/") else None
+            if clean is None:
                 notes.append(
                     f"{WRITABLE_PATHS_KEY}: {path!r} is not a clean absolute path: ignored"
                 )
                 continue
-            path = normalize_path(path)
-            if _forbidden(path, settings.forbidden_writable_paths):
-                notes.append(f"{WRITABLE_PATHS_KEY}: {path} is not allowed by the policy: ignored")
+            if _forbidden(clean, settings.forbidden_writable_paths) or (
+                WRITABLE_MOUNT in settings.enabled_rules and not _allowlisted(clean, settings)
+            ):
+                notes.append(f"{WRITABLE_PATHS_KEY}: {clean} is not allowed by the policy: ignored")
                 continue
+            path = clean
             result.setdefault(target, []).append(path)
     return {k: tuple(v) for k, v in result.items()}, notes
+
+
+def _allowlisted(path: str, settings: Settings) -> bool:
+    """Under a writable root or some image profile's path (which container may have it is
+    decided per container, by its image)."""
+    if under_any(path, settings.writable_roots):
+        return True
+    return any(under_any(path, profile.paths) for profile in settings.image_profiles)
 
 
 def _forbidden(path: str, forbidden: Iterable[str]) -> bool:

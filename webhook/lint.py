@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, BinaryIO, Literal, TextIO
 import yaml
 
 from webhook import manifests, policy
-from webhook.config import ConfigError, Settings, load_settings
+from webhook.config import IMAGE_RULE, ConfigError, Settings, load_settings
 from webhook.manifests import STDIN, Document, ParseError, Source
 from webhook.podspecs import POD_SPEC_PATHS, Path, PodSpecRef, pod_specs
 from webhook.reports import Finding, Format, Report, render
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     from webhook.hardening import Add
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
-ROFS = "readOnlyRootFilesystem"
 
 
 # --- the pure part: one parsed source at a time -------------------------------------------
@@ -99,7 +98,7 @@ def lint_source(source: Source, settings: Settings) -> Linted:
     judged = 0
     for _, document, ref in judged_refs(source, settings, errors):
         judged += 1
-        for violation in policy.evaluate(ref.spec, settings, "lint"):
+        for violation in policy.evaluate(ref.spec, settings, "lint", None, ref.annotations):
             findings.append(
                 Finding(
                     file=source.name,
@@ -145,7 +144,7 @@ def fix_source(source: Source, settings: Settings) -> Fixed:
             raise CannotFix("the document uses YAML aliases, merge keys or tags; fix it by hand")
         edits.extend(plan_edits(source.text, document.node, ref.path, ops, style, order))
         expected[order] = apply(expected[order], ops, ref.path)
-        containers += sum(1 for op in ops if _hardens(op))
+        containers += len({op.path[:2] for op in ops if _hardens(op)})
     if not edits:
         return Fixed(source.text, 0)
     text = apply_edits(source.text, edits)
@@ -159,11 +158,8 @@ def fix_source(source: Source, settings: Settings) -> Fixed:
 
 
 def _hardens(op: Add) -> bool:
-    """The op that makes one container read-only (each container gets exactly one)."""
-    last = op.path[-1]
-    if last == "readOnlyRootFilesystem":
-        return True
-    return last == "securityContext" and isinstance(op.value, dict) and ROFS in op.value
+    """An op on a container's securityContext (a container may get several)."""
+    return len(op.path) > 2 and op.path[2] == "securityContext"
 
 
 def unified_diff(name: str, before: str, after: str) -> str:
@@ -311,7 +307,10 @@ def main(options: Options, stdin: BinaryIO, stdout: TextIO, stderr: TextIO) -> i
     if errors:
         return EXIT_ERROR
     # --diff wrote nothing: the files on disk still need the fix.
-    return EXIT_FINDINGS if findings or diffs else EXIT_CLEAN
+    # A rule whose action is warn (mutable-image-reference) reports without failing the run.
+    warn_only = {IMAGE_RULE} if settings.image_action == "warn" else set()
+    blocking = any(f.rule not in warn_only for f in findings)
+    return EXIT_FINDINGS if blocking or diffs else EXIT_CLEAN
 
 
 def _encode(source: Source, text: str) -> bytes:

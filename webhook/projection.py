@@ -23,27 +23,104 @@ import msgspec
 import orjson
 
 
+class _Empty(TypedDict, total=False):
+    """A mapping whose presence is what counts (a volume's source): its keys are skipped."""
+
+
 class _Mount(TypedDict, total=False):
+    name: Any
     mountPath: Any
+    readOnly: Any
+
+
+class _Device(TypedDict, total=False):
+    devicePath: Any
+
+
+class _Capabilities(TypedDict, total=False):
+    add: Any
+    drop: Any
+
+
+class _Profile(TypedDict, total=False):
+    """seccompProfile, appArmorProfile, seLinuxOptions, windowsOptions: the fields judged."""
+
+    type: Any
+    user: Any
+    role: Any
+    hostProcess: Any
 
 
 class _ContainerSecurity(TypedDict, total=False):
     privileged: Any
     runAsUser: Any
+    runAsNonRoot: Any
     readOnlyRootFilesystem: Any
+    allowPrivilegeEscalation: Any
+    capabilities: _Capabilities | None
+    seccompProfile: _Profile | None
+    appArmorProfile: _Profile | None
+    seLinuxOptions: _Profile | None
+    windowsOptions: _Profile | None
+    procMount: Any
 
 
 class _Container(TypedDict, total=False):
     name: Any
     image: Any
+    imagePullPolicy: Any
     securityContext: _ContainerSecurity | None
     volumeMounts: list[_Mount]
+    volumeDevices: list[_Device]
+    terminationMessagePath: Any
 
 
 class _Named(TypedDict, total=False):
-    """A volume, or a pod's `os`: only the name is read."""
+    """A pod's `os`: only the name is read."""
 
     name: Any
+
+
+class _HostPath(TypedDict, total=False):
+    path: Any
+
+
+class _Volume(TypedDict, total=False):
+    """A volume: its name, and its type (the one other key), named so messages can say it;
+    the source itself is skipped, but for hostPath's path. policy.READ_ONLY_VOLUMES must be
+    here, or their mounts would be judged writable (test_projection checks)."""
+
+    name: Any
+    hostPath: _HostPath | None
+    configMap: _Empty | None
+    secret: _Empty | None
+    downwardAPI: _Empty | None
+    projected: _Empty | None
+    image: _Empty | None
+    emptyDir: _Empty | None
+    persistentVolumeClaim: _Empty | None
+    ephemeral: _Empty | None
+    csi: _Empty | None
+    gitRepo: _Empty | None
+    nfs: _Empty | None
+    iscsi: _Empty | None
+    rbd: _Empty | None
+    cephfs: _Empty | None
+    fc: _Empty | None
+    flexVolume: _Empty | None
+    glusterfs: _Empty | None
+    awsElasticBlockStore: _Empty | None
+    gcePersistentDisk: _Empty | None
+    azureDisk: _Empty | None
+    azureFile: _Empty | None
+    cinder: _Empty | None
+    vsphereVolume: _Empty | None
+    portworxVolume: _Empty | None
+    scaleIO: _Empty | None
+    storageos: _Empty | None
+    quobyte: _Empty | None
+    photonPersistentDisk: _Empty | None
+    flocker: _Empty | None
 
 
 # Of a pod's annotations and labels, only podlock's own keys are read (policy.OPT_OUT_KEY,
@@ -63,6 +140,11 @@ class _Metadata(TypedDict, total=False):
 
 class _PodSecurity(TypedDict, total=False):
     runAsUser: Any
+    runAsNonRoot: Any
+    seccompProfile: _Profile | None
+    appArmorProfile: _Profile | None
+    seLinuxOptions: _Profile | None
+    windowsOptions: _Profile | None
 
 
 class _Spec(TypedDict, total=False):
@@ -71,9 +153,13 @@ class _Spec(TypedDict, total=False):
     containers: list[_Container]
     initContainers: list[_Container]
     ephemeralContainers: list[_Container]
-    volumes: list[_Named]
+    volumes: list[_Volume]
     securityContext: _PodSecurity | None
     os: _Named | None
+    hostPID: Any
+    hostIPC: Any
+    hostNetwork: Any
+    shareProcessNamespace: Any
     template: _Template
     jobTemplate: _JobTemplate
 

@@ -22,6 +22,13 @@ SECURITY_SEVERITY: Mapping[str, str] = {
     "privileged-container": "9.0",
     "root-user": "7.5",
     "writable-root-filesystem": "5.5",
+    "writable-mount": "7.0",
+    "run-as-non-root": "6.5",
+    "privilege-escalation": "6.5",
+    "capabilities": "8.0",
+    "security-profile": "7.0",
+    "host-access": "9.0",
+    "mutable-image-reference": "3.0",
 }
 
 
@@ -64,7 +71,7 @@ def render(report: Report, fmt: Format, version: str = "0") -> str:
 
 def render_text(report: Report) -> str:
     lines = [
-        f"{f.file}:{f.line}: {f.subject} {f.container} {f.rule}: {f.message}"
+        f"{f.file}:{f.line}: {f.subject} {f.container or '(pod)'} {f.rule}: {f.message}"
         for f in report.findings
     ]
     lines += [f"{e.file}:{e.line or 0}: error: {e.message}" for e in report.errors]
@@ -75,6 +82,10 @@ def render_text(report: Report) -> str:
         )
     lines.append(summary(report))
     return "\n".join(lines) + "\n"
+
+
+def _where(finding: Finding) -> str:
+    return f"container {finding.container}" if finding.container else "pod"
 
 
 def summary(report: Report) -> str:
@@ -172,7 +183,7 @@ def _sarif_result(f: Finding, rule_index: int, base: str) -> dict[str, Any]:
         "ruleId": f.rule,
         "ruleIndex": rule_index,
         "level": RULES[f.rule].severity,
-        "message": {"text": f"{f.subject} container {f.container}: {f.message}"},
+        "message": {"text": f"{f.subject} {_where(f)}: {f.message}"},
         "locations": [_location(f.file, f.line, base)],
         # Stable across edits that move lines, so code scanning keeps one alert per container.
         "partialFingerprints": {

@@ -19,9 +19,9 @@ import orjson
 import pybase64
 
 from webhook import policy
-from webhook.config import Mode, Settings
+from webhook.config import IMAGE_RULE, Mode, Settings
 from webhook.hardening import plan_hardening, to_json_patch
-from webhook.podspecs import WORKLOAD_KINDS, containers, mapping, pod_spec
+from webhook.podspecs import WORKLOAD_KINDS, PodSpecRef, containers, mapping, pod_spec
 from webhook.projection import decode_review
 
 Endpoint = Literal["mutate", "validate"]
@@ -182,13 +182,13 @@ def _mutate(request: _Request, mode: Mode, settings: Settings) -> _Answer:
     else:
         return _Answer()
     ref = pod_spec(request.obj, request.kind)  # the request's kind is authoritative
-    if ref is None or policy.exemption(ref, request.namespace, settings):
+    if ref is None or _exempt(request, ref, settings):
         return _Answer()
     hardening = plan_hardening(ref, settings, only)
     notes = [f"podlock: {note}" for note in hardening.notes]
     if not hardening.ops:
         return _Answer(warnings=_warnings(notes))
-    rules = (policy.WRITABLE_ROOT,)
+    rules = _hardened_rules(hardening.keys)
     if mode == "enforce":
         patch = to_json_patch(hardening.ops, ("spec",))
         done = [f"podlock {change}" for change in hardening.changes]
@@ -199,14 +199,45 @@ def _mutate(request: _Request, mode: Mode, settings: Settings) -> _Answer:
     return _Answer(audit={"mutations": "; ".join(hardening.changes)}, rules=rules)
 
 
+_HARDENED_BY = (
+    ("readOnlyRootFilesystem", policy.WRITABLE_ROOT),
+    ("runAsNonRoot", policy.RUN_AS_NON_ROOT),
+    ("allowPrivilegeEscalation", policy.PRIVILEGE_ESCALATION),
+    ("capabilities", policy.CAPABILITIES),
+    ("seccompProfile", policy.SECURITY_PROFILE),
+)
+
+
+def _hardened_rules(keys: frozenset[str]) -> tuple[str, ...]:
+    """The rules whose fields the plan sets, for the metrics (in a fixed order)."""
+    return tuple([rule for key, rule in _HARDENED_BY if key in keys]) or (policy.WRITABLE_ROOT,)
+
+
+def _exempt(request: _Request, ref: PodSpecRef, settings: Settings) -> bool:
+    """Exempt by namespace or opt-out; on UPDATE the opt-out must predate the change."""
+    old = pod_spec(request.old, request.kind) if request.operation == "UPDATE" else None
+    if request.operation == "UPDATE" and old is None:
+        old = _NO_OLD
+    return policy.exemption(ref, request.namespace, settings, old) is not None
+
+
+_NO_OLD = PodSpecRef("", "", "", (), {}, {}, {})  # an UPDATE whose old object has no pod spec
+
+
 def _validate(request: _Request, mode: Mode, settings: Settings) -> _Answer:
     if request.operation == "CONNECT":
         return _validate_exec(request, mode, settings)
+    debug: _Answer | None = None
     if request.kind == "Pod":
         if _is_pod(request, "") and request.operation == "CREATE":
             violations = _judge(request, request.obj, settings, "pod", None)
         elif _is_pod(request, "ephemeralcontainers") and request.operation == "UPDATE":
-            violations = _judge(request, request.obj, settings, "pod", _new_ephemeral(request))
+            added = _new_ephemeral(request)
+            violations = _judge(request, request.obj, settings, "pod", added)
+            if added and policy.DEBUG_AS_EXEC in settings.enabled_rules:
+                ref = pod_spec(request.obj, request.kind)
+                if ref is not None and not _exempt(request, ref, settings):
+                    debug = _validate_debug(request, added, mode, settings)
         else:
             return _Answer()  # a label change or finalizer removal is never refused
     elif request.kind in WORKLOAD_KINDS and request.operation in ("CREATE", "UPDATE"):
@@ -220,18 +251,60 @@ def _validate(request: _Request, mode: Mode, settings: Settings) -> _Answer:
             violations = [v for v in violations if (v.rule, v.container) not in before]
     else:
         return _Answer()
+    if debug is not None and (not debug.allowed or not violations):
+        return debug
     if not violations:
         return _Answer()
+    answer = _answer(request, violations, mode, settings)
+    if debug is not None and answer.allowed:  # both say something: keep both
+        answer.warnings = debug.warnings + answer.warnings
+        answer.audit = {**(debug.audit or {}), **(answer.audit or {})}
+        answer.rules = (*debug.rules, *answer.rules)
+    return answer
+
+
+def _answer(
+    request: _Request, violations: list[policy.Violation], mode: Mode, settings: Settings
+) -> _Answer:
     rules = tuple(dict.fromkeys([v.rule for v in violations]))
     lines = [v.describe() for v in violations]
     if mode == "enforce":
-        subject = f"{request.kind} {request.namespace}/{_object_name(request)}"
-        return _Answer(
-            allowed=False, message=f"podlock denied {subject}: " + "; ".join(lines), rules=rules
-        )
+        # A rule whose action is warn (mutable-image-reference) warns, even here.
+        warn_only = settings.image_action == "warn"
+        refused = [v.describe() for v in violations if not (warn_only and v.rule == IMAGE_RULE)]
+        if refused:
+            subject = f"{request.kind} {request.namespace}/{_object_name(request)}"
+            message = f"podlock denied {subject}: " + "; ".join(refused)
+            return _Answer(allowed=False, message=message, rules=rules)
+        return _Answer(warnings=_warnings(tuple(f"podlock: {line}" for line in lines)), rules=rules)
     if mode == "warn":
         return _Answer(warnings=_warnings(tuple(f"podlock: {line}" for line in lines)), rules=rules)
     return _Answer(audit={"violations": "; ".join(lines)}, rules=rules)
+
+
+def _validate_debug(
+    request: _Request, added: frozenset[str], mode: Mode, settings: Settings
+) -> _Answer | None:
+    """`kubectl debug` adds an ephemeral container: exec by another door, so the exec
+    rule's action applies to it too (capped by the namespace's mode, as for exec)."""
+    action = _weakest(settings.exec_action, mode)
+    if action == "off":
+        return None
+    what = (
+        f"kubectl debug into pod {request.namespace}/{request.name or _object_name(request)}"
+        f" (ephemeral container {', '.join(sorted(added))})"
+    )
+    rules = (policy.EXEC_INTO_POD,)
+    if action == "deny":
+        message = (
+            f"podlock denied {what}: {policy.EXEC_INTO_POD}: containers here are immutable; "
+            "ship a new image instead"
+        )
+        return _Answer(allowed=False, message=message, rules=rules)
+    if action == "warn":
+        warning = f"podlock: {policy.EXEC_INTO_POD}: {what}"
+        return _Answer(warnings=_warnings((warning,)), rules=rules)
+    return _Answer(audit={"exec": what}, rules=rules)
 
 
 def _object_name(request: _Request) -> str:
@@ -248,9 +321,9 @@ def _judge(
     only: frozenset[str] | None,
 ) -> list[policy.Violation]:
     ref = pod_spec(obj, request.kind)
-    if ref is None or policy.exemption(ref, request.namespace, settings):
+    if ref is None or _exempt(request, ref, settings):
         return []
-    return policy.evaluate(ref.spec, settings, context, only)
+    return policy.evaluate(ref.spec, settings, context, only, ref.annotations)
 
 
 def _validate_exec(request: _Request, mode: Mode, settings: Settings) -> _Answer:

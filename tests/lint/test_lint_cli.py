@@ -19,10 +19,11 @@ metadata:
 spec:
   containers:
   - name: app
-    image: busybox
+    image: busybox@sha256:abababababababababababababababababababababababababababababababab
     securityContext:
       runAsUser: 1000
       readOnlyRootFilesystem: true
+      allowPrivilegeEscalation: false
 """
 FIXABLE = """\
 apiVersion: v1
@@ -32,11 +33,11 @@ metadata:
 spec:
   containers:
   - name: app  # the app
-    image: busybox
+    image: busybox@sha256:abababababababababababababababababababababababababababababababab
     securityContext:
       runAsUser: 1000
 """
-PRIVILEGED = CLEAN.replace("runAsUser: 1000", "privileged: true")
+PRIVILEGED = CLEAN.replace("runAsUser: 1000", "runAsUser: 1000\n      privileged: true")
 BROKEN = "apiVersion: v1\nkind: Pod\nspec: [\n"
 
 
@@ -79,20 +80,22 @@ def test_a_broken_file_is_named_and_the_others_are_still_linted(files: Path) -> 
         }
     ]
     assert [(f["file"], f["line"], f["rule"]) for f in report["findings"]] == [
-        ("fixable.yaml", 9, "writable-root-filesystem")
+        ("fixable.yaml", 9, "writable-root-filesystem"),
+        ("fixable.yaml", 9, "privilege-escalation"),
     ]
 
 
 def test_text_report(files: Path) -> None:
     result = run("privileged.yaml", "fixable.yaml", "broken.yaml")
     assert result.stdout.splitlines() == [
-        "privileged.yaml:10: Pod/clean app privileged-container: privileged is true",
+        "privileged.yaml:11: Pod/clean app privileged-container: privileged is true",
         "fixable.yaml:9: Pod/fixable app writable-root-filesystem: "
         "readOnlyRootFilesystem is not set",
+        "fixable.yaml:9: Pod/fixable app privilege-escalation: allowPrivilegeEscalation is not set",
         "broken.yaml:4: error: invalid YAML: did not find expected node content (while "
         "parsing a flow node at line 4)",
-        "2 findings (privileged-container: 1, writable-root-filesystem: 1), 1 error in 3 files, "
-        "2 pod specs",
+        "3 findings (privilege-escalation: 1, privileged-container: 1, "
+        "writable-root-filesystem: 1), 1 error in 3 files, 2 pod specs",
     ]
     assert result.stderr == ""
 
@@ -122,7 +125,7 @@ def test_diff_prints_the_change_and_writes_nothing(files: Path) -> None:
     assert result.stdout.startswith("--- a/fixable.yaml\n+++ b/fixable.yaml\n@@ ")
     added = [line for line in result.stdout.splitlines() if line.startswith("+ ")]
     removed = [line for line in result.stdout.splitlines() if line.startswith("- ")]
-    assert removed == [] and len(added) == 7
+    assert removed == [] and len(added) == 8  # read-only root, no escalation, the /tmp volume
     assert "would fix 1 container in 1 file" in result.stderr
     clean = run("clean.yaml", diff=True)
     assert (clean.code, clean.stdout) == (0, "")
@@ -180,8 +183,9 @@ def test_the_console_script_end_to_end(files: Path) -> None:
     )
     assert done.returncode == 1, done.stderr
     sarif = json.loads(done.stdout)
-    (result,) = sarif["runs"][0]["results"]
-    assert result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "stdin"
+    results = sarif["runs"][0]["results"]
+    assert [r["ruleId"] for r in results] == ["writable-root-filesystem", "privilege-escalation"]
+    assert results[0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "stdin"
 
 
 def test_usage_errors_exit_2() -> None:

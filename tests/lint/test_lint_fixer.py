@@ -14,6 +14,14 @@ from webhook.config import Settings
 from webhook.fixer import CannotFix
 from webhook.lint import fix_source
 
+
+@pytest.fixture
+def settings(core_settings: Settings) -> Settings:
+    """These tables pin `profile: core` to what podlock did before the strict rules;
+    tests/webhook/test_strict.py and tests/lint/test_lint_strict.py judge the default."""
+    return core_settings
+
+
 POD_HEAD = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n"
 
 # (case, input, exact expected output or None to check the invariants only)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from webhook.config import ConfigError, load_settings
+from webhook.config import CORE_RULES, POD_RULES, STRICT_RULES, ConfigError, load_settings
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -18,12 +18,11 @@ def write(tmp_path: Path, text: str) -> str:
 def test_embedded_default() -> None:
     settings = load_settings(None)
     assert settings.default_mode == "enforce"
-    assert settings.enabled_rules == {
-        "privileged-container",
-        "root-user",
-        "writable-root-filesystem",
-    }
+    assert settings.profile == "strict"
+    assert settings.enabled_rules == set(POD_RULES)
     assert settings.exec_action == "audit"
+    assert settings.image_action == "warn"
+    assert (settings.drop_all_capabilities, settings.seccomp_runtime_default) == (False, False)
     assert settings.exempt_namespaces == ("kube-system", "podlock-system")
     assert settings.default_writable_paths == ("/tmp",)
     assert "/" in settings.forbidden_writable_paths
@@ -38,7 +37,7 @@ def test_a_file_overrides_only_what_it_says(tmp_path: Path) -> None:
             "emptyDir: {medium: Memory, sizeLimit: 32Mi}\nexemptNamespaces: [infra]\n",
         )
     )
-    assert settings.enabled_rules == {"privileged-container", "writable-root-filesystem"}
+    assert settings.enabled_rules == set(POD_RULES) - {"root-user"}
     assert settings.exec_action == "deny"
     assert (settings.empty_dir_medium, settings.empty_dir_size_limit) == ("Memory", "32Mi")
     assert settings.exempt_namespaces == ("infra",)
@@ -69,6 +68,41 @@ def test_exec_rule_takes_an_action(tmp_path: Path, text: str, expected: str) -> 
     assert load_settings(write(tmp_path, text)).exec_action == expected
 
 
+def test_core_is_the_three_rules_of_the_design(tmp_path: Path) -> None:
+    core = load_settings(write(tmp_path, "profile: core\n"))
+    assert core.enabled_rules == set(CORE_RULES)
+    assert (core.exec_action, core.image_action) == ("audit", "off")
+
+
+@pytest.mark.parametrize("rule", STRICT_RULES)
+def test_a_rule_named_explicitly_wins_over_the_profile(tmp_path: Path, rule: str) -> None:
+    core_plus = load_settings(write(tmp_path, f"profile: core\nrules:\n  {rule}: on\n"))
+    assert core_plus.enabled_rules == {*CORE_RULES, rule}
+    strict_minus = load_settings(write(tmp_path, f"rules:\n  {rule}: off\n"))
+    assert strict_minus.enabled_rules == set(POD_RULES) - {rule}
+
+
+def test_image_rule_takes_an_action(tmp_path: Path) -> None:
+    text = "profile: core\nrules:\n  mutable-image-reference: deny\n"
+    assert load_settings(write(tmp_path, text)).image_action == "deny"
+    text = "rules:\n  mutable-image-reference: off\n"
+    assert load_settings(write(tmp_path, text)).image_action == "off"
+
+
+def test_strict_keys(tmp_path: Path) -> None:
+    text = (
+        "capabilities: {allowed: [cap_net_bind_service]}\n"
+        "hostPaths: {readOnly: [/etc/ssl/certs/]}\n"
+        "hardening: {dropAllCapabilities: on, seccompRuntimeDefault: on}\n"
+        "writablePaths: {roots: [/srv//state/, /tmp]}\n"
+    )
+    settings = load_settings(write(tmp_path, text))
+    assert settings.allowed_capabilities == {"NET_BIND_SERVICE"}
+    assert settings.host_paths_read_only == ("/etc/ssl/certs",)
+    assert settings.drop_all_capabilities and settings.seccomp_runtime_default
+    assert settings.writable_roots == ("/srv/state", "/tmp")
+
+
 def test_empty_file_is_the_default(tmp_path: Path) -> None:
     assert load_settings(write(tmp_path, "")) == load_settings(None)
 
@@ -91,6 +125,15 @@ def test_empty_file_is_the_default(tmp_path: Path) -> None:
         ("imageProfiles:\n- {name: x, images: [a], paths: [rel]}\n", "imageProfiles[0].paths[0]"),
         ("emptyDir: {medium: Disk}\n", "emptyDir.medium: must be one of '', Memory"),
         ("kind: Deployment\n", "kind: must be Policy"),
+        ("profile: lax\n", "profile: must be one of core, strict, not 'lax'"),
+        ("rules:\n  mutable-image-reference: on\n", "must be one of deny, warn, off, not True"),
+        ("hardening: {dropAll: on}\n", "hardening.dropAll: unknown key"),
+        ("writablePaths: {roots: [/var/../usr]}\n", "writablePaths.roots[0]: must not contain"),
+        (
+            "writablePaths: {defaults: [/srv]}\n",
+            "writablePaths.defaults[0]: /srv is not under writablePaths.roots",
+        ),
+        ("hostPaths: {readOnly: [etc]}\n", "hostPaths.readOnly[0]: must be an absolute path"),
         ("- a\n- b\n", "the policy must be a mapping of keys, not a list"),
         ("rules:\n  root-user: on\n bad-indent: 1\n", "line 3: not valid YAML"),
         ("rules: {\n", "not valid YAML"),

@@ -19,6 +19,14 @@ from webhook.hardening import (
 )
 from webhook.podspecs import pod_specs
 
+
+@pytest.fixture
+def settings(core_settings: Settings) -> Settings:
+    """These tables pin `profile: core` to what podlock did before the strict rules;
+    tests/webhook/test_strict.py and tests/lint/test_lint_strict.py judge the default."""
+    return core_settings
+
+
 Obj = dict[str, Any]
 RO = {"readOnlyRootFilesystem": True}
 

@@ -9,6 +9,14 @@ import pytest
 from webhook.config import Settings
 from webhook.policy import evaluate
 
+
+@pytest.fixture
+def settings(core_settings: Settings) -> Settings:
+    """These tables pin `profile: core` to what podlock did before the strict rules;
+    tests/webhook/test_strict.py and tests/lint/test_lint_strict.py judge the default."""
+    return core_settings
+
+
 Spec = dict[str, Any]
 
 

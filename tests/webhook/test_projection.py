@@ -22,7 +22,7 @@ from webhook import projection
 from webhook.config import MODES, Mode, Settings, load_settings
 from webhook.hardening import WRITABLE_PATHS_KEY
 from webhook.podspecs import POD_SPEC_PATHS, WORKLOAD_KINDS
-from webhook.policy import OPT_OUT_KEY
+from webhook.policy import OPT_OUT_KEY, READ_ONLY_VOLUMES
 from webhook.review import Endpoint, RequestError, review
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "admission"
@@ -73,9 +73,23 @@ def test_the_projection_leaves_out_what_is_never_judged() -> None:
     # Without this the tests below would pass with a schema that never matched anything.
     pod = projection.decode_review(EXAMPLE.read_bytes())["request"]["object"]
     container = pod["spec"]["containers"][0]
-    assert set(container) == {"name", "image", "securityContext", "volumeMounts"}
-    assert container["securityContext"] == {}  # only privileged, runAsUser, readOnly… are read
-    assert pod["spec"]["securityContext"] == {"runAsUser": 101}
+    assert set(container) == {"name", "image", "imagePullPolicy", "securityContext", "volumeMounts"}
+    # Every field of this one is judged now (the strict profile reads capabilities too)...
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    # ... but of a volume only its name, its type and a hostPath's path.
+    assert all(
+        set(v) <= {"name", *projection._Volume.__annotations__} for v in pod["spec"]["volumes"]
+    )
+    assert all(v.get("configMap", {}) == {} for v in pod["spec"]["volumes"])
+    assert pod["spec"]["securityContext"] == {
+        "runAsUser": 101,
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert "fsGroup" not in pod["spec"]["securityContext"]
     assert "tolerations" not in pod["spec"]
     assert pod["metadata"]["annotations"] == {} and pod["metadata"]["labels"] == {}
 
@@ -84,9 +98,16 @@ def test_the_projection_keeps_every_annotation_and_label_podlock_reads() -> None
     assert set(projection._PodlockKeys.__annotations__) == {OPT_OUT_KEY, WRITABLE_PATHS_KEY}
 
 
+def test_the_projection_names_every_read_only_volume_type() -> None:
+    # A read-only type the schema dropped would leave a volume with no type: judged writable.
+    assert set(projection._Volume.__annotations__) >= READ_ONLY_VOLUMES
+
+
 OPT_OUT_POLICY = Settings(pod_opt_out_namespaces=frozenset({"shop"}))
 METADATA = ("request", "object", "metadata")
-SECURITY = ("request", "object", "spec", "containers", 1, "securityContext")
+SPEC = ("request", "object", "spec")
+CONTAINER = (*SPEC, "containers", 1)
+SECURITY = (*CONTAINER, "securityContext")
 
 
 @pytest.mark.parametrize(
@@ -110,6 +131,24 @@ SECURITY = ("request", "object", "spec", "containers", 1, "securityContext")
         (("request", "object", "spec", "securityContext"), [0]),
         (("request", "object", "spec", "os"), {"name": "windows", "x": 1}),
         (("request", "object", "spec", "os"), "windows"),
+        # The strict profile's fields.
+        (SECURITY, {"allowPrivilegeEscalation": True, "runAsNonRoot": False}),
+        (SECURITY, {"capabilities": {"add": ["cap_sys_admin", 7], "drop": "ALL"}}),
+        (SECURITY, {"seccompProfile": {"type": "Unconfined"}, "procMount": "Unmasked"}),
+        (SECURITY, {"appArmorProfile": {"type": "Unconfined"}, "seLinuxOptions": {"type": "x"}}),
+        (SECURITY, {"windowsOptions": {"hostProcess": True}}),
+        ((*CONTAINER, "terminationMessagePath"), "/usr/bin/ls"),
+        ((*CONTAINER, "volumeDevices"), [{"name": "d", "devicePath": "/usr/lib/x"}]),
+        ((*CONTAINER, "volumeMounts"), [{"name": "cfg", "mountPath": "/usr/bin"}]),
+        ((*CONTAINER, "volumeMounts"), [{"name": "host", "mountPath": "/h", "readOnly": True}]),
+        ((*CONTAINER, "imagePullPolicy"), "Always"),
+        ((*SPEC, "volumes"), [{"name": "cfg", "configMap": {"name": "c", "items": []}}]),
+        ((*SPEC, "volumes"), [{"name": "cfg", "emptyDir": {}}]),
+        ((*SPEC, "volumes"), [{"name": "host", "hostPath": {"path": "/etc/localtime"}}]),
+        ((*SPEC, "volumes"), [{"name": "host", "hostPath": "/"}]),
+        ((*SPEC, "hostPID"), True),
+        ((*SPEC, "shareProcessNamespace"), True),
+        ((*SPEC, "securityContext"), {"seccompProfile": {"type": "Unconfined"}}),
     ],
 )
 def test_the_fields_podlock_reads_in_narrowed_objects(path: tuple[Any, ...], value: Any) -> None:

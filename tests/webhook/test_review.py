@@ -45,18 +45,34 @@ def test_golden(settings: Settings, case: str, endpoint: Any, mode: Any) -> None
     assert body == golden.read_bytes()
 
 
-# What each request must get, spelled out: (case, endpoint, mode) -> (allowed, patched, rules)
+ROOT_PRIVILEGED = {
+    "privileged-container",
+    "root-user",
+    "writable-root-filesystem",
+    "run-as-non-root",
+    "privilege-escalation",
+    "mutable-image-reference",
+}
+# What each request must get under the default policy (profile: strict), spelled out:
+# (case, endpoint, mode) -> (allowed, patched, rules)
 DECISIONS = [
     ("pod-create-nginx", "mutate", "enforce", True, True, {"writable-root-filesystem"}),
     ("pod-create-nginx", "mutate", "warn", True, False, {"writable-root-filesystem"}),
-    ("pod-create-nginx", "validate", "enforce", False, False, {"writable-root-filesystem"}),
+    (
+        "pod-create-nginx",
+        "validate",
+        "enforce",
+        False,
+        False,
+        {"writable-root-filesystem", "mutable-image-reference"},
+    ),
     (
         "pod-create-root-privileged",
         "validate",
         "enforce",
         False,
         False,
-        {"privileged-container", "root-user", "writable-root-filesystem"},
+        ROOT_PRIVILEGED,
     ),
     (
         "pod-create-root-privileged",
@@ -64,7 +80,7 @@ DECISIONS = [
         "warn",
         True,
         False,
-        {"privileged-container", "root-user", "writable-root-filesystem"},
+        ROOT_PRIVILEGED,
     ),
     (
         "pod-create-root-privileged",
@@ -72,16 +88,36 @@ DECISIONS = [
         "audit",
         True,
         False,
-        {"privileged-container", "root-user", "writable-root-filesystem"},
+        ROOT_PRIVILEGED,
     ),
     ("pod-create-exempt-namespace", "mutate", "enforce", True, False, set()),
     ("pod-create-exempt-namespace", "validate", "enforce", True, False, set()),
     ("pod-create-windows", "mutate", "enforce", True, False, set()),
-    ("pod-create-windows", "validate", "enforce", True, False, set()),
+    # Windows pods: no Linux securityContext rules, but the image is still a tag (a warning).
+    ("pod-create-windows", "validate", "enforce", True, False, {"mutable-image-reference"}),
     ("pod-update-labels", "validate", "enforce", True, False, set()),
     ("pod-update-labels", "mutate", "enforce", True, False, set()),
-    ("pod-ephemeral-debug", "mutate", "enforce", True, True, {"writable-root-filesystem"}),
-    ("pod-ephemeral-debug", "validate", "enforce", False, False, {"writable-root-filesystem"}),
+    (
+        "pod-ephemeral-debug",
+        "mutate",
+        "enforce",
+        True,
+        True,
+        {"writable-root-filesystem", "run-as-non-root", "privilege-escalation"},
+    ),
+    (
+        "pod-ephemeral-debug",
+        "validate",
+        "enforce",
+        False,
+        False,
+        {
+            "writable-root-filesystem",
+            "run-as-non-root",
+            "privilege-escalation",
+            "mutable-image-reference",
+        },
+    ),
     ("deployment-create-writable", "mutate", "enforce", True, False, set()),
     (
         "deployment-create-writable",
@@ -89,7 +125,7 @@ DECISIONS = [
         "enforce",
         False,
         False,
-        {"writable-root-filesystem"},
+        {"writable-root-filesystem", "mutable-image-reference"},
     ),
     ("deployment-scale-legacy", "validate", "enforce", True, False, set()),
     (
@@ -100,7 +136,14 @@ DECISIONS = [
         False,
         {"privileged-container"},
     ),
-    ("cronjob-create-root", "validate", "enforce", False, False, {"root-user"}),
+    (
+        "cronjob-create-root",
+        "validate",
+        "enforce",
+        False,
+        False,
+        {"root-user", "mutable-image-reference"},
+    ),
     ("exec-connect", "validate", "enforce", True, False, {"exec-into-hardened-pod"}),
 ]
 
@@ -134,7 +177,13 @@ def test_denial_names_every_container_rule_and_field(settings: Settings) -> None
     assert 'container "api": privileged-container: privileged is true' in message
     assert 'container "api": root-user: runAsUser is 0 (inherited' in message
     assert 'container "api": writable-root-filesystem: readOnlyRootFilesystem is false' in message
-    assert '"sidecar"' not in message  # it sets its own non-root user and a read-only root
+    # The sidecar sets its own non-root user and a read-only root: only the strict profile's
+    # allowPrivilegeEscalation (unset: mutation would have set it) names it.
+    assert 'container "sidecar": privilege-escalation: allowPrivilegeEscalation is not set' in (
+        message
+    )
+    assert 'container "sidecar": root-user' not in message
+    assert "mutable-image-reference" not in message  # a warning, not a reason to refuse
 
 
 def test_mutation_patch_applies_and_then_passes_validation(settings: Settings) -> None:
@@ -155,7 +204,8 @@ def test_mutation_patch_applies_and_then_passes_validation(settings: Settings) -
     # The hardened pod is what the validating webhook then sees: it must pass.
     request["request"]["object"] = pod
     validated = review(json.dumps(request).encode(), "validate", "enforce", settings)
-    assert validated.allowed and validated.rules == ()
+    # Only the tag-only image is left, as a warning.
+    assert validated.allowed and validated.rules == ("mutable-image-reference",)
 
 
 def test_ephemeral_patch_touches_only_the_new_container(settings: Settings) -> None:
@@ -165,7 +215,11 @@ def test_ephemeral_patch_touches_only_the_new_container(settings: Settings) -> N
         {
             "op": "add",
             "path": "/spec/ephemeralContainers/0/securityContext",
-            "value": {"readOnlyRootFilesystem": True},
+            "value": {
+                "readOnlyRootFilesystem": True,
+                "runAsNonRoot": True,
+                "allowPrivilegeEscalation": False,
+            },
         }
     ]
 

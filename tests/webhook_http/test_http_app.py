@@ -58,7 +58,15 @@ def _pod_review(uid: str = "u-1", **pod_spec: object) -> bytes:
 
 
 PRIVILEGED = _pod_review(securityContext={"privileged": True, "runAsUser": 0})
-CLEAN = _pod_review(securityContext={"readOnlyRootFilesystem": True, "runAsUser": 1000})
+# Clean under the strict default: a digest, and every field the mutating webhook would set.
+CLEAN = _pod_review(
+    image="busybox@sha256:" + "0" * 64,
+    securityContext={
+        "readOnlyRootFilesystem": True,
+        "runAsUser": 1000,
+        "allowPrivilegeEscalation": False,
+    },
+)
 
 
 @pytest.mark.parametrize(
