@@ -177,8 +177,8 @@ class Builder:
         self.plain = True
 
     def build(self, node: yaml.Node) -> Any:
-        if isinstance(node, yaml.ScalarNode):
-            return self.scalar(node)
+        if type(node) is yaml.ScalarNode:  # (exact type, inlined str: runs for every node)
+            return node.value if node.tag == STR else self.scalar(node)
         done = self.memo.get(id(node))
         if done is not None:
             if id(node) in self.open:
@@ -196,12 +196,12 @@ class Builder:
         else:
             sequence: list[Any] = []
             self.memo[id(node)] = sequence
-            sequence.extend(self.build(item) for item in node.value)
+            sequence.extend([self.build(item) for item in node.value])
             value = sequence
         self.open.discard(id(node))
         return value
 
-    def scalar(self, node: yaml.ScalarNode) -> Scalar:
+    def scalar(self, node: yaml.Node) -> Scalar:
         tag = node.tag
         if tag == STR:
             return str(node.value)
@@ -213,7 +213,7 @@ class Builder:
             raise Refused(node, f"{text} is not a number JSON can carry, and kubectl refuses it")
         return value
 
-    def _tagged(self, node: yaml.ScalarNode, tag: str, resolved: str, value: Scalar) -> Scalar:
+    def _tagged(self, node: yaml.Node, tag: str, resolved: str, value: Scalar) -> Scalar:
         """An explicit tag: go-yaml converts what fits, refuses what does not."""
         text: str = node.value
         self.plain = False
@@ -234,33 +234,46 @@ class Builder:
     def _fill(self, node: yaml.MappingNode, mapping: dict[str, Any]) -> None:
         """go-yaml v2 order: entries in document order, a `<<` merge overwriting what came
         before it (among merged mappings, the first wins)."""
-        explicit: dict[str, yaml.Node] = {}
         typed: dict[str, object] = {}  # JSON key -> the non-string YAML key it came from
         for key_node, value_node in node.value:
-            if key_node.tag == MERGE and key_node.value == "<<":
-                self.plain = False
-                for merged in reversed(self._merged(value_node)):
-                    for key, value in merged.items():
-                        if key in explicit:
-                            line = key_node.start_mark.line + 1
-                            raise Refused(
-                                explicit[key],
-                                f"set here and by the `<<` merge at line {line}, which kubectl "
-                                "lets win while kustomize and other YAML readers keep this "
-                                "line: set it once",
-                            )
-                        mapping[key] = value
+            if key_node.tag == STR and type(key_node) is yaml.ScalarNode:
+                key: str = key_node.value
+                if key in typed:
+                    raise _collision(key_node, key)
+            elif key_node.tag == MERGE and key_node.value == "<<":
+                self._merge(node, key_node, value_node, mapping)
                 continue
-            key, origin = self.key(key_node)
-            if key in mapping and typed.get(key, key) != origin:
-                raise Refused(
-                    key_node,
-                    f"two keys both become {key!r} in JSON and kubectl keeps either at random",
-                )
-            if origin is not key:
+            else:
+                key, origin = self.key(key_node)
+                if key in mapping and typed.get(key, key) != origin:
+                    raise _collision(key_node, key)
                 typed[key] = origin
             mapping[key] = self.build(value_node)
-            explicit[key] = key_node
+
+    def _merge(
+        self,
+        node: yaml.MappingNode,
+        merge_key: yaml.Node,
+        merged_node: yaml.Node,
+        mapping: dict[str, Any],
+    ) -> None:
+        self.plain = False
+        before = {}  # the keys written before this `<<`, which it would overwrite
+        for key_node, _ in node.value:
+            if key_node is merge_key:
+                break
+            if key_node.tag != MERGE:
+                before[self.key(key_node)[0]] = key_node
+        for merged in reversed(self._merged(merged_node)):
+            for key, value in merged.items():
+                if key in before:
+                    line = merge_key.start_mark.line + 1
+                    raise Refused(
+                        before[key],
+                        f"set here and by the `<<` merge at line {line}, which kubectl lets "
+                        "win while kustomize and other YAML readers keep this line: set it once",
+                    )
+                mapping[key] = value
 
     def _merged(self, node: yaml.Node) -> list[dict[str, Any]]:
         items = node.value if isinstance(node, yaml.SequenceNode) else [node]
@@ -295,6 +308,10 @@ class Builder:
         if isinstance(value, float):
             return go_float32(value), (FLOAT, value)
         return value, value
+
+
+def _collision(node: yaml.Node, key: str) -> Refused:
+    return Refused(node, f"two keys both become {key!r} in JSON and kubectl keeps either at random")
 
 
 def go_float32(number: float) -> str:
