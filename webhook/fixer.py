@@ -22,13 +22,11 @@ from typing import Any
 
 import yaml
 
-from webhook import manifests
+from webhook import kubeyaml, manifests
 from webhook.hardening import Add
 from webhook.podspecs import Path
 
-_STR = "tag:yaml.org,2002:str"
 _PLAIN = re.compile(r"[A-Za-z0-9_./][A-Za-z0-9_./\-]*\Z")
-_RESOLVER = yaml.resolver.Resolver()
 
 
 class CannotFix(Exception):
@@ -366,9 +364,8 @@ def _scalar(value: Any) -> str:
     if isinstance(value, int | float):
         return json.dumps(value)
     if isinstance(value, str):
-        # Plain only when it reads back as this string (not `true`, `1`, `null`, `~`).
-        tag = _RESOLVER.resolve(yaml.ScalarNode, value, (True, False))  # type: ignore[no-untyped-call]
-        plain = _PLAIN.match(value) is not None and tag == _STR
+        # Plain only when kubectl reads it back as this string (not `y`, `0o7`, `1e3`, `~`).
+        plain = _PLAIN.match(value) is not None and kubeyaml.plain_tag(value) == kubeyaml.STR
         return value if plain else json.dumps(value)
     if value == {}:
         return "{}"

@@ -3,8 +3,8 @@ where each of their nodes sits in the source text.
 
 The linter needs two things PyYAML's `load` throws away: the line of every field (for
 findings) and the character offsets of every node (for `--fix`, which edits the text in place).
-So we compose the node graph ourselves and construct Python values from it with the same
-constructor `safe_load` uses; with libyaml's C parser this costs no more than `safe_load`.
+So we compose the node graph ourselves (libyaml's C parser) and build the values from it as
+kubectl would send them to the API server, not as PyYAML reads them (kubeyaml).
 """
 
 from __future__ import annotations
@@ -17,21 +17,15 @@ from typing import Any
 
 import yaml
 
+from webhook import kubeyaml
+
 # libyaml's C parser composes nodes several times faster than the pure-Python one; the
 # marks (line, column, character index) are the same either way.
 _BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-_STR = "tag:yaml.org,2002:str"
-_MAP = "tag:yaml.org,2002:map"
-_SEQ = "tag:yaml.org,2002:seq"
-# Plain scalars -> resolved tag. Manifests repeat the same keys and values endlessly, and the
-# resolver's regular expressions are the composer's main cost; short values only, bounded.
-_RESOLVED: dict[str, str] = {}
-_RESOLVED_MAX = 100_000
-
 
 class _Loader(_BaseLoader):  # type: ignore[valid-type,misc]
-    """The safe loader with a memoised resolver and no path resolvers (we register none)."""
+    """The composer with kubectl's resolver (kubeyaml) and no path resolvers."""
 
     def descend_resolver(self, current_node: object, current_index: object) -> None:
         pass
@@ -40,14 +34,11 @@ class _Loader(_BaseLoader):  # type: ignore[valid-type,misc]
         pass
 
     def resolve(self, kind: type[yaml.Node], value: Any, implicit: tuple[bool, bool]) -> str:
-        if kind is yaml.ScalarNode and implicit[0]:
-            tag = _RESOLVED.get(value)
-            if tag is None:
-                tag = super().resolve(kind, value, implicit)
-                if len(value) <= 64 and len(_RESOLVED) < _RESOLVED_MAX:
-                    _RESOLVED[value] = tag
-            return tag
-        return str(super().resolve(kind, value, implicit))
+        if kind is yaml.ScalarNode:
+            if not implicit[0]:  # quoted, or plain with the `!` tag
+                return kubeyaml.STR
+            return kubeyaml.MERGE if value == "<<" else kubeyaml.plain_tag(value)
+        return kubeyaml.SEQ if kind is yaml.SequenceNode else kubeyaml.MAP
 
 
 STDIN = "-"
@@ -62,13 +53,22 @@ Path = tuple[str | int, ...]
 
 @dataclass(frozen=True)
 class Document:
-    """One YAML document: its value as `safe_load` would return it, and its node graph."""
+    """One YAML document: its value as kubectl sends it (kubeyaml), and its node graph."""
 
     value: object
     node: yaml.Node
     # Only plain mappings, sequences and scalars, each collection written once: no aliases
     # to collections, merge keys or unusual tags. Only such documents are fixed in place.
     plain: bool = True
+
+
+class Unreadable(yaml.YAMLError):
+    """A document that kubectl would refuse or read in a way other readers do not."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -154,6 +154,8 @@ def parse(name: str, path: str | None, data: bytes) -> Source | ParseError:
         return ParseError(name, line, f"not UTF-8 text (byte {e.start + 1} cannot be decoded)")
     try:
         documents = parse_text(text)
+    except Unreadable as e:
+        return ParseError(name, e.line, e.message)
     except yaml.MarkedYAMLError as e:
         message = _yaml_message(e)
         mark = e.problem_mark
@@ -178,81 +180,46 @@ def parse_text(text: str) -> tuple[Document, ...]:
         while loader.check_node():
             node = loader.get_node()
             assert node is not None  # check_node() said there is one
-            builder = _Builder()
+            builder = kubeyaml.Builder()
             try:
-                value, plain = builder.build(node), not builder.shared
-            except _Unusual:
-                # Merge keys, sets, custom tags, unhashable keys: PyYAML's own constructor
-                # gives the exact result (or the exact error).
-                value, plain = loader.construct_document(node), False
-            documents.append(Document(value, node, plain))
+                value = builder.build(node)
+            except kubeyaml.Refused as e:
+                field = field_name(path_to(node, e.node))
+                line = int(e.node.start_mark.line) + 1
+                raise Unreadable(line, f"{field}: {e}") from None
+            documents.append(Document(value, node, builder.plain))
         return tuple(documents)
     finally:
         loader.dispose()
 
 
-class _Unusual(Exception):
-    """The node graph needs PyYAML's full constructor."""
+def path_to(root: yaml.Node, target: yaml.Node) -> Path:
+    """The path from the root to a node (a key node: to its mapping's entry); () if absent."""
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, Path]] = [(root, ())]
+    while stack:
+        node, path = stack.pop()
+        if node is target:
+            return path
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key is target:  # a collection key has no name of its own
+                    return (*path, key.value) if isinstance(key, yaml.ScalarNode) else path
+                stack.append(
+                    (value, (*path, key.value if isinstance(key, yaml.ScalarNode) else "?"))
+                )
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, (*path, index)) for index, item in enumerate(node.value))
+    return ()
 
 
-# Stateless constructors of the safe schema's scalar tags (str handled inline).
-_SCALARS = {
-    tag: constructor
-    for tag, constructor in yaml.constructor.SafeConstructor.yaml_constructors.items()
-    if tag
-    in (
-        "tag:yaml.org,2002:null",
-        "tag:yaml.org,2002:bool",
-        "tag:yaml.org,2002:int",
-        "tag:yaml.org,2002:float",
-        "tag:yaml.org,2002:timestamp",
-    )
-}
-_SCALAR_CONSTRUCTOR = yaml.constructor.SafeConstructor()
-
-
-class _Builder:
-    """Values from nodes, equal to what SafeConstructor builds, at a fraction of its cost.
-
-    Plain maps, sequences and scalars of the safe schema only; anything else raises _Unusual.
-    Collections are memoised by node so aliases share one value, as with PyYAML.
-    """
-
-    def __init__(self) -> None:
-        self.memo: dict[int, object] = {}
-        self.shared = False  # some collection is reached twice (an alias)
-
-    def build(self, node: yaml.Node) -> Any:
-        kind = type(node)
-        tag = node.tag
-        if kind is yaml.ScalarNode:
-            if tag == _STR:
-                return node.value
-            constructor = _SCALARS.get(tag)
-            if constructor is None:
-                raise _Unusual
-            return constructor(_SCALAR_CONSTRUCTOR, node)
-        done = self.memo.get(id(node))
-        if done is not None:
-            self.shared = True
-            return done
-        if kind is yaml.MappingNode and tag == _MAP:
-            mapping: dict[Any, Any] = {}
-            self.memo[id(node)] = mapping
-            for key_node, value_node in node.value:
-                if type(key_node) is not yaml.ScalarNode or key_node.tag not in _KEY_TAGS:
-                    raise _Unusual  # merge keys, complex keys
-                mapping[self.build(key_node)] = self.build(value_node)
-            return mapping
-        if kind is yaml.SequenceNode and tag == _SEQ:
-            sequence: list[Any] = []
-            self.memo[id(node)] = sequence
-            sequence.extend(self.build(item) for item in node.value)
-            return sequence
-        raise _Unusual
-
-
-_KEY_TAGS = frozenset((_STR, *_SCALARS))
+def field_name(path: Path) -> str:
+    """`spec.containers[0].securityContext.runAsUser`; `the document` for the root."""
+    text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    return text or "the document"
 
 
 def _mark_line(e: yaml.MarkedYAMLError) -> int | None:
@@ -313,7 +280,7 @@ def child_of(node: yaml.Node, segment: str | int) -> tuple[yaml.Node | None, yam
     """The (key node, value node) under `segment`, or None when there is none."""
     if isinstance(node, yaml.MappingNode) and isinstance(segment, str):
         for key, value in reversed(node.value):
-            if isinstance(key, yaml.ScalarNode) and key.value == segment and _is_str_key(key):
+            if isinstance(key, yaml.ScalarNode) and _json_key(key) == segment:
                 return key, value
     elif (
         isinstance(node, yaml.SequenceNode)
@@ -324,9 +291,14 @@ def child_of(node: yaml.Node, segment: str | int) -> tuple[yaml.Node | None, yam
     return None
 
 
-def _is_str_key(key: yaml.ScalarNode) -> bool:
-    # `true: x` and `1: x` construct to bool/int keys, which never equal a path segment.
-    return key.tag == "tag:yaml.org,2002:str"
+def _json_key(key: yaml.ScalarNode) -> str | None:
+    """The key as kubectl sends it: `on:` is "true", `1:` is "1"; None if kubectl refuses it."""
+    if key.tag == kubeyaml.STR:
+        return str(key.value)
+    try:
+        return kubeyaml.Builder().key(key)[0]
+    except kubeyaml.Refused:
+        return None
 
 
 def line_of(root: yaml.Node, path: Path) -> int:
