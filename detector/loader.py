@@ -189,6 +189,30 @@ class Loader:
             self._fds["procs"], ctypes.byref(key), ctypes.byref(value), BPF_NOEXIST
         )
 
+    def forget_process(self, pid: int) -> None:
+        key = ctypes.c_uint32(pid)
+        self._lib.bpf_map_delete_elem(self._fds["procs"], ctypes.byref(key))
+
+    def labelled_pids(self) -> list[int]:
+        return self._keys("procs", ctypes.c_uint32)
+
+    def container_cgroups(self) -> list[int]:
+        return self._keys("containers", ctypes.c_uint64)
+
+    def _keys(self, name: str, key_type: type[ctypes.c_uint32 | ctypes.c_uint64]) -> list[int]:
+        """The keys of a hash map, one syscall per key. The kernel deleting the key we
+        stand on restarts the walk at the first key: the walk stops at a key seen
+        already, and the next walk makes up for what this one missed."""
+        fd, keys = self._fds[name], dict[int, None]()
+        get_next = self._lib.bpf_map_get_next_key
+        prev, key = None, key_type()
+        while get_next(fd, None if prev is None else ctypes.byref(prev), ctypes.byref(key)) == 0:
+            if key.value in keys:
+                break
+            keys[key.value] = None
+            prev, key = key, key_type()
+        return list(keys)
+
     def program_stats(self) -> list[ProgStats]:
         """Per-program run time and count (non-zero only with kernel.bpf_stats_enabled=1)."""
         out = []

@@ -2,7 +2,9 @@
 command (its leader's argv) and recently exec'd processes (for `proc.pname`).
 
 The kernel labels sessions; this only remembers what the labels point at. Both
-tables are LRU-bounded and drop entries when the process exits.
+tables drop an entry when its process exits, and are bounded by a capacity past
+which the least recently used entry is evicted and counted (`evicted`): a missed
+exit (a lost record) costs a slot for a while, never memory without bound.
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ class SessionInfo:
 
 
 class SessionTable:
+    """session id → its command; an entry lives until the leader exits (or eviction)."""
+
     def __init__(self, capacity: int = 4096) -> None:
         self._capacity = capacity
         self._by_id: OrderedDict[int, SessionInfo] = OrderedDict()
+        self.evicted = 0
 
     def leader_exec(self, proc: Process) -> None:
         """Record the session's command at its leader's first exec; later execs of the
@@ -35,6 +40,7 @@ class SessionTable:
         self._by_id[proc.session_id] = SessionInfo(proc.container_id, proc.cmdline)
         if len(self._by_id) > self._capacity:
             self._by_id.popitem(last=False)
+            self.evicted += 1
 
     def get(self, session_id: int) -> SessionInfo | None:
         return self._by_id.get(session_id)
@@ -47,11 +53,13 @@ class SessionTable:
 
 
 class ProcessTable:
-    """pid → the process as of its last exec, for parent fields."""
+    """pid → the process as of its last exec, for parent fields; an entry lives until
+    the process exits (or eviction)."""
 
     def __init__(self, capacity: int = 32768) -> None:
         self._capacity = capacity
         self._by_pid: OrderedDict[int, Process] = OrderedDict()
+        self.evicted = 0
 
     def remember(self, proc: Process) -> None:
         by_pid = self._by_pid
@@ -60,6 +68,7 @@ class ProcessTable:
         by_pid[proc.pid] = proc
         if len(by_pid) > self._capacity:
             by_pid.popitem(last=False)
+            self.evicted += 1
 
     def get(self, pid: int) -> Process | None:
         return self._by_pid.get(pid)
