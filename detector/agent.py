@@ -89,7 +89,8 @@ def seed(loader: Loader, tracker: Tracker, host_mnt_ns: int, engine: Engine | No
 def sweep(loader: Loader, tracker: Tracker, engine: Engine, host: procscan.ProcHost) -> None:
     """Forget processes and containers that are gone, in the tracker and in the kernel's
     maps (whose own deletions, at exit and cgroup removal, miss a process that exited
-    while being seeded). The engine drops its idle rate-limit buckets."""
+    while being seeded). The engine drops idle rate-limit buckets and what it keeps of
+    processes that are gone."""
     labelled, claimed = loader.labelled_pids(), loader.container_cgroups()
     live = host.live_cgroups()  # walked after reading the map: what it lacks is gone
     tracker.prune(live, procscan.alive)
@@ -99,7 +100,7 @@ def sweep(loader: Loader, tracker: Tracker, engine: Engine, host: procscan.ProcH
     for pid in labelled:
         if not procscan.alive(pid):
             loader.forget_process(pid)
-    engine.sweep(time.time_ns())
+    engine.sweep(time.time_ns(), procscan.alive)
 
 
 class Reload:

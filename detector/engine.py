@@ -12,6 +12,7 @@ release, lost events no alert carried) happens in `flush`, and also from
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -51,7 +52,9 @@ _PLAIN = frozenset({str, int})  # values %s prints as format_value would
 _DISTINCT_CAP = 65536  # distinct values an aggregate group remembers for its count
 # open aggregate groups: past this, the oldest is closed early (its alert is emitted, not lost)
 MAX_GROUPS = 4096
-_CACHE_CAP = 1024  # per-process caches (_proc_rules, _Compiled.memo): emptied when full
+# processes with cached rule lists and output fields (_proc_rules): an entry goes when
+# its process exits; past this many (exits lost), the cache is emptied
+_CACHE_CAP = 4096
 
 
 @dataclass(slots=True)
@@ -72,7 +75,6 @@ class _Compiled:
     # output fields that depend on the process only, and their values per process
     proc_keys: tuple[str, ...] = ()
     proc_getters: tuple[Extract, ...] = ()
-    memo: dict[int, _ProcMemo] = field(default_factory=dict)  # emptied at _CACHE_CAP
     # the condition's conjuncts that read only per-process fields; None: there are none.
     # Decided once per process (see Engine._rules_for), not per event.
     proc_pred: Pred | None = None
@@ -81,12 +83,14 @@ class _Compiled:
 @dataclass(slots=True)
 class _ProcRules:
     """For one process: the rules of each event type whose per-process part of the
-    condition holds (valid while the engine state and the metadata are the same)."""
+    condition holds, and each rule's per-process output fields (valid while the engine
+    state and the metadata are the same)."""
 
     proc: Process
     state: int
     meta: ContainerMeta | None
     lists: dict[int, tuple[_Compiled, ...]]  # id(the type's rule list) -> those rules
+    memos: dict[int, _ProcMemo]  # id(a _Compiled) -> its output fields for this process
 
 
 def _conjuncts(node: Node) -> list[Node]:
@@ -109,11 +113,8 @@ def _per_process(node: Node) -> bool:
 @dataclass(slots=True)
 class _ProcMemo:
     """One rule's per-process output fields for one process, and its output template with
-    those already filled in (valid while the engine state and the metadata are the same)."""
+    those already filled in (kept in the process's _ProcRules, valid as long as it is)."""
 
-    proc: Process
-    state: int
-    meta: ContainerMeta | None
     values: dict[str, FieldValue]
     base: dict[str, FieldValue]  # the rule's fixed fields and these values, merged once
     template: str  # the rest of the fields as %s
@@ -177,7 +178,7 @@ class Engine:
         # open until their process exits, they go idle or MAX_GROUPS (oldest first)
         self._groups: dict[tuple[str, str, int], _Group] = {}
         self.groups_closed_early = 0  # by MAX_GROUPS
-        # by id(Process), see _rules_for; emptied at _CACHE_CAP
+        # by pid, see _rules_for: until the process exits, or _CACHE_CAP
         self._proc_rules: dict[int, _ProcRules] = {}
         self._rate_limit = rate_limit
         self._next_check_ns = 0
@@ -232,11 +233,15 @@ class Engine:
         self._sessions.leader_exec(proc)
         self._state += 1
 
-    def sweep(self, now_ns: int) -> None:
+    def sweep(self, now_ns: int, alive: Callable[[int], bool] | None = None) -> None:
         """Slow housekeeping (the agent calls it every few seconds): rate-limit buckets
-        that refilled and hold nothing are dropped, as if never made."""
+        that refilled and hold nothing are dropped, as if never made; with `alive`,
+        sessions and processes whose exit was never seen (a lost record) too."""
         if self._limiter is not None:
             self._limiter.prune(now_ns)
+        if alive is not None:
+            self._sessions.prune(alive)
+            self._procs.prune(alive)
 
     def table_sizes(self) -> dict[str, int]:
         """Entries in each long-lived table (for metrics and the soak benchmark)."""
@@ -245,6 +250,7 @@ class Engine:
             "engine.processes": len(self._procs),
             "engine.groups": len(self._groups),
             "engine.rate_buckets": len(self._limiter) if self._limiter is not None else 0,
+            "engine.process_cache": len(self._proc_rules),
         }
 
     def rules_for(self, evt_type: str) -> tuple[str, ...]:
@@ -396,12 +402,12 @@ class Engine:
         its first event and reused for the next ones (a storm is one process's events)."""
         proc = event.proc
         meta = self.meta(proc.container_id)
-        # keyed by identity: the tracker hands out one Process value per process
-        hit = self._proc_rules.get(id(proc))
+        # checked by identity: the tracker hands out one Process value per process
+        hit = self._proc_rules.get(proc.pid)
         if hit is None or hit.proc is not proc or hit.state != self._state or hit.meta is not meta:
             if len(self._proc_rules) >= _CACHE_CAP:
                 self._proc_rules.clear()
-            hit = self._proc_rules[id(proc)] = _ProcRules(proc, self._state, meta, {})
+            hit = self._proc_rules[proc.pid] = _ProcRules(proc, self._state, meta, {}, {})
         met = hit.lists.get(id(rules))
         if met is None:
             # only per-process fields are read: the event stands for its process here
@@ -429,10 +435,10 @@ class Engine:
         if not c.proc_getters:
             return None
         proc = event.proc
-        meta = self.meta(proc.container_id)
-        # keyed by identity: the tracker hands out one Process value per process
-        hit = c.memo.get(id(proc))
-        if hit is not None and hit.proc is proc and hit.state == self._state and hit.meta is meta:
+        # _rules_for made the process's entry for this very event
+        cached = self._proc_rules[proc.pid].memos
+        hit = cached.get(id(c))
+        if hit is not None:
             return hit
         values = dict(zip(c.proc_keys, [get(event) for get in c.proc_getters], strict=True))
         template: list[str] = []
@@ -446,10 +452,7 @@ class Engine:
                 template.append("%s")
                 keys.append(text)
         base = c.fixed | values
-        memo = _ProcMemo(proc, self._state, meta, values, base, "".join(template), tuple(keys))
-        if len(c.memo) >= _CACHE_CAP:
-            c.memo.clear()
-        c.memo[id(proc)] = memo
+        memo = cached[id(c)] = _ProcMemo(values, base, "".join(template), tuple(keys))
         return memo
 
     def _extract(
@@ -560,6 +563,7 @@ class Engine:
         if proc.session is Session.EXEC and pid == proc.session_id:
             self._sessions.end(pid)
         self._procs.forget(pid)
+        self._proc_rules.pop(pid, None)
 
     # --- time -------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ exit (a lost record) costs a slot for a while, never memory without bound.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from detector.events import Process, Session
@@ -48,6 +49,11 @@ class SessionTable:
     def end(self, session_id: int) -> None:
         self._by_id.pop(session_id, None)
 
+    def prune(self, alive: Callable[[int], bool]) -> None:
+        """Drop sessions whose leader is gone without its exit seen."""
+        for sid in [sid for sid in self._by_id if not alive(sid)]:
+            del self._by_id[sid]
+
     def __len__(self) -> int:
         return len(self._by_id)
 
@@ -75,6 +81,11 @@ class ProcessTable:
 
     def forget(self, pid: int) -> None:
         self._by_pid.pop(pid, None)
+
+    def prune(self, alive: Callable[[int], bool]) -> None:
+        """Drop processes that are gone without their exit seen."""
+        for pid in [pid for pid in self._by_pid if not alive(pid)]:
+            del self._by_pid[pid]
 
     def __len__(self) -> int:
         return len(self._by_pid)
