@@ -165,6 +165,7 @@ class Pipeline:
         self.host = host or procscan.ProcHost()
         self._next_flush = self._next_sweep = 0
         self.lost_seen = 0
+        self.unlabelled_seen = 0  # loader.unlabelled() as last reported
         self.bad_records = 0
         self.processed = 0
         self._pending: list[Alert] = []
@@ -234,6 +235,14 @@ class Pipeline:
         if now >= self._next_sweep:
             sweep(self.loader, self.tracker, self.engine, self.host)
             self._next_sweep = now + SWEEP_EVERY_NS
+            unlabelled = self.loader.unlabelled()
+            if unlabelled > self.unlabelled_seen:
+                _say(
+                    f"{unlabelled - self.unlabelled_seen} container processes or cgroups left "
+                    "unlabelled: the kernel's procs or containers map is full, their events "
+                    "are not seen"
+                )
+                self.unlabelled_seen = unlabelled
 
     def table_sizes(self) -> dict[str, int]:
         """Entries in every long-lived table, the kernel's maps included."""

@@ -163,7 +163,15 @@ class Loader:
 
     def drops(self) -> int:
         """Records the kernel could not put in the ring buffer, since load."""
-        key = ctypes.c_uint32(0)
+        return self._drops_at(0)
+
+    def unlabelled(self) -> int:
+        """Processes and container cgroups the kernel left unlabelled, since load: the
+        `procs` or `containers` map was full. Their events are not seen."""
+        return self._drops_at(1)
+
+    def _drops_at(self, index: int) -> int:
+        key = ctypes.c_uint32(index)
         values = (ctypes.c_uint64 * self._ncpus)()
         if self._lib.bpf_map_lookup_elem(self._fds["drops"], ctypes.byref(key), values) != 0:
             return 0
