@@ -92,15 +92,16 @@ def sweep(loader: Loader, tracker: Tracker, engine: Engine, host: procscan.ProcH
     while being seeded). The engine drops idle rate-limit buckets and what it keeps of
     processes that are gone."""
     labelled, claimed = loader.labelled_pids(), loader.container_cgroups()
-    live = host.live_cgroups()  # walked after reading the map: what it lacks is gone
-    tracker.prune(live, procscan.alive)
+    # listed after reading the maps: what a listing lacks is gone
+    live, alive = host.live_cgroups(), procscan.live_pids().__contains__
+    tracker.prune(live, alive)
     for cgroup_id in claimed:
         if cgroup_id not in live:
             loader.forget_container(cgroup_id)
     for pid in labelled:
-        if not procscan.alive(pid):
+        if not alive(pid):
             loader.forget_process(pid)
-    engine.sweep(time.time_ns(), procscan.alive)
+    engine.sweep(time.time_ns(), alive)
 
 
 class Reload:

@@ -232,10 +232,10 @@ def host_mnt_ns() -> int:
         return os.stat(f"{PROC}/self/ns/mnt").st_ino
 
 
-def alive(pid: int) -> bool:
-    """True while the process runs: not gone, not a zombie (its exit has been traced)."""
-    stat = _read(f"{PROC}/{pid}/stat")
-    return stat is not None and stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+def live_pids() -> set[int]:
+    """Every process (tgid) that exists now: one directory listing, not a read per pid.
+    (A zombie is listed until it is reaped.)"""
+    return {int(name) for name in os.listdir(PROC) if name.isdigit()}
 
 
 class ProcHost:

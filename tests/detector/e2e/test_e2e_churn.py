@@ -108,6 +108,7 @@ def test_churned_containers_and_processes_leave_nothing_behind(
 
     def ours(p: Pipeline) -> dict[str, Any]:
         t, e = p.tracker, p.engine
+        live = procscan.live_pids()
         buckets = e._limiter._buckets if e._limiter is not None else {}
         return {
             "tracker": [cg for cg in cgroups.values() if cg in t.containers],
@@ -117,9 +118,9 @@ def test_churned_containers_and_processes_leave_nothing_behind(
             "dead pids": [
                 pid
                 for pid in {*p.loader.labelled_pids(), *t.procs, *e._procs._by_pid}
-                if not procscan.alive(pid)
+                if pid not in live
             ],
-            "dead sessions": [s for s in e._sessions._by_id if not procscan.alive(s)],
+            "dead sessions": [s for s in e._sessions._by_id if s not in live],
         }
 
     before = agent.call(ours)
