@@ -60,7 +60,7 @@ class Loader:
         self._links: list[int] = []
         self._progs: dict[str, int] = {}
         self._ring: RingReader | None = None
-        self._log: list[str] = []
+        self._log: list[str] = []  # libbpf's last 5000 lines, for error messages
         # keep a reference: libbpf calls it after we return
         self._on_print = libbpf.PrintCallback(self._print)
         self._print_buf = ctypes.create_string_buffer(1 << 16)  # one, for every log line

@@ -81,7 +81,7 @@ class Tracker:
     # (the process's exec/exit, container records).
     _proc_cache: dict[int, tuple[tuple[object, ...], Process]] = field(default_factory=dict)
     # the same, keyed by the record's raw header bytes (see file_record); emptied whenever
-    # _proc_cache loses anything
+    # _proc_cache loses anything, and at 4096 entries
     _by_record: dict[bytes, Process] = field(default_factory=dict)
 
     # ---- seeding ---------------------------------------------------------
