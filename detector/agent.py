@@ -1,10 +1,13 @@
 """`podlock detect`: wires settings, probes, state, rules and outputs together.
 
     settings -> probes attached -> state seeded from /proc -> pidfile -> poll loop
-    (records -> events -> engine -> outputs; lost-record counts; periodic flush)
+    (records -> events -> engine -> outputs; lost-record counts; periodic flush
+    and sweep; a reload when SIGHUP asked for one)
 
-SIGTERM or SIGINT ends the loop; the one `finally` detaches the probes, closes
-the outputs and removes the pidfile.
+SIGHUP re-reads the configuration and rules files (see `Reload`); the probes
+stay attached. SIGTERM or SIGINT ends the loop: open aggregates and held-back
+alerts are written, then the one `finally` detaches the probes, closes the
+outputs and removes the pidfile.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -31,11 +36,13 @@ from detector.tracker import Tracker
 if TYPE_CHECKING:
     from detector.alerts import Alert
     from detector.audit_sources import Attribution
+    from detector.config import DetectorSettings
     from detector.engine import Engine
     from detector.outputs import Outputs
 
 POLL_MS = 20  # also bounds the delay of file events the kernel did not wake us for
 FLUSH_EVERY_NS = 100_000_000
+SWEEP_EVERY_NS = 10_000_000_000  # how long state of a process or container outlives it
 
 
 def _fail(message: str) -> int:
@@ -62,16 +69,81 @@ def event_json(event: Event) -> str:
     return json.dumps(body, separators=(",", ":"))
 
 
-def seed(loader: Loader, tracker: Tracker, host_mnt_ns: int) -> int:
-    """Label what already runs, in the kernel maps and the tracker; returns processes seeded."""
+def seed(loader: Loader, tracker: Tracker, host_mnt_ns: int, engine: Engine | None = None) -> int:
+    """Label what already runs, in the kernel maps, the tracker and the engine (sessions
+    and parents); returns processes seeded. One that exits meanwhile leaves a label the
+    first sweep removes."""
     found = procscan.scan(host_mnt_ns)
+    refs = {}
     for c in found.containers:
         loader.add_container(c.cgroup_id, c.claimed)
         tracker.add_container(c.cgroup_id, c.ref)
+        refs[c.cgroup_id] = c.ref
     for p in found.processes:
         loader.label_process(p.pid, p.cgroup_id, p.session, p.session_id)
         tracker.add_process(p.pid, p.cgroup_id, p.info)
+        if engine is not None:
+            engine.seed(p.process(refs[p.cgroup_id].container_id))
     return len(found.processes)
+
+
+def sweep(loader: Loader, tracker: Tracker, engine: Engine, host: procscan.ProcHost) -> None:
+    """Forget processes and containers that are gone, in the tracker and in the kernel's
+    maps (whose own deletions, at exit and cgroup removal, miss a process that exited
+    while being seeded). The engine drops idle rate-limit buckets and what it keeps of
+    processes that are gone."""
+    labelled, claimed = loader.labelled_pids(), loader.container_cgroups()
+    # listed after reading the maps: what a listing lacks is gone
+    live, alive = host.live_cgroups(), procscan.live_pids().__contains__
+    tracker.prune(live, alive)
+    for cgroup_id in claimed:
+        if cgroup_id not in live:
+            loader.forget_container(cgroup_id)
+    for pid in labelled:
+        if not alive(pid):
+            loader.forget_process(pid)
+    engine.sweep(time.time_ns(), alive)
+
+
+class Reload:
+    """SIGHUP's work. The configuration and rules files are read and compiled in a
+    thread while the loop goes on with the running rules; the agent swaps the new
+    engine in between two polls, so every event is evaluated by the old rules or the
+    new ones. A failed load leaves `error` (one sentence naming file, line, problem)."""
+
+    def __init__(self, load: Callable[[], tuple[DetectorSettings, Engine]]) -> None:
+        self._load = load
+        self.result: tuple[DetectorSettings, Engine] | None = None
+        self.error = ""
+        self._thread = threading.Thread(target=self._run, name="podlock-reload", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from detector.config import ConfigError
+
+        try:
+            self.result = self._load()
+        except ConfigError as exc:
+            self.error = str(exc)
+        except Exception as exc:  # a reload must never end detection
+            self.error = f"internal error while loading ({type(exc).__name__}: {exc})"
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+
+# Settings an engine is built from; a change in any other one rebuilds the outputs.
+_ENGINE_SETTINGS = frozenset(
+    {"rules", "rules_files", "priority", "rule_matching", "rate_limit", "hostname"}
+)
+
+
+def _output_settings(settings: DetectorSettings) -> dict[str, Any]:
+    return {
+        f.name: getattr(settings, f.name)
+        for f in dataclasses.fields(settings)
+        if f.name not in _ENGINE_SETTINGS
+    }
 
 
 class Pipeline:
@@ -88,12 +160,16 @@ class Pipeline:
         engine: Engine,
         outputs: Outputs,
         events_log: TextIO | None = None,
+        host: procscan.ProcHost | None = None,
         attribution: Attribution | None = None,
     ) -> None:
         self.loader, self.tracker, self.engine, self.outputs = loader, tracker, engine, outputs
         self.events_log = events_log
+        self.host = host or procscan.ProcHost()
+        self._next_flush = self._next_sweep = 0
         self.attribution = attribution  # who ran each exec session, when configured
         self.lost_seen = 0
+        self.unlabelled_seen = 0  # loader.unlabelled() as last reported
         self.bad_records = 0
         self.processed = 0
         self._pending: list[Alert] = []
@@ -111,10 +187,10 @@ class Pipeline:
 
     def _write(self) -> None:
         if self._pending:
-            self._emit(self._pending[:], time.time_ns())
+            self.emit(self._pending[:], time.time_ns())
             self._pending.clear()  # the same list: step() holds it
 
-    def _emit(self, alerts: list[Alert], now: int, final: bool = False) -> None:
+    def emit(self, alerts: list[Alert], now: int, final: bool = False) -> None:
         if self.attribution is not None:
             alerts = self.attribution.route(alerts, now, final)
         if alerts:
@@ -158,27 +234,70 @@ class Pipeline:
         return now
 
     def flush(self, now: int) -> None:
-        self._emit(self.engine.flush(now), now)
+        self.emit(self.engine.flush(now), now)
+
+    def housekeeping(self, now: int) -> None:
+        """Time-driven work between polls: flush every FLUSH_EVERY_NS, sweep every
+        SWEEP_EVERY_NS."""
+        if now >= self._next_flush:
+            self.flush(now)
+            self._next_flush = now + FLUSH_EVERY_NS
+        if now >= self._next_sweep:
+            sweep(self.loader, self.tracker, self.engine, self.host)
+            self._next_sweep = now + SWEEP_EVERY_NS
+            unlabelled = self.loader.unlabelled()
+            if unlabelled > self.unlabelled_seen:
+                _say(
+                    f"{unlabelled - self.unlabelled_seen} container processes or cgroups left "
+                    "unlabelled: the kernel's procs or containers map is full, their events "
+                    "are not seen"
+                )
+                self.unlabelled_seen = unlabelled
+
+    def table_sizes(self) -> dict[str, int]:
+        """Entries in every long-lived table, the kernel's maps included."""
+        return {
+            "bpf.procs": len(self.loader.labelled_pids()),
+            "bpf.containers": len(self.loader.container_cgroups()),
+            **self.tracker.table_sizes(),
+            **self.engine.table_sizes(),
+        }
 
     def shutdown(self, now: int) -> None:
         """Write everything still pending: open copies, held-back alerts, lost counts."""
-        self._emit(self.engine.shutdown(now), now, final=True)
+        self.emit(self.engine.shutdown(now), now, final=True)
+
+
+def _say(message: str) -> None:
+    print(f"podlock detect: {message}", file=sys.stderr, flush=True)
+
+
+def _write_pidfile(path: str) -> None:
+    """Written whole or not at all: `kill -1 $(cat PIDFILE)` never reads half a pid."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(f"{os.getpid()}\n")
+    os.replace(tmp, path)
 
 
 def run(args: argparse.Namespace) -> int:
     from detector.config import ConfigError, load_detector_settings
 
+    def load_settings() -> DetectorSettings:
+        loaded = load_detector_settings(args.config, list(args.rules))
+        if not (args.audit_log or args.audit_webhook_bind):
+            return loaded
+        audit = dataclasses.replace(  # the flags win over the config file
+            loaded.k8s_audit,
+            log_file=args.audit_log or loaded.k8s_audit.log_file,
+            webhook_bind=args.audit_webhook_bind or loaded.k8s_audit.webhook_bind,
+        )
+        return dataclasses.replace(loaded, k8s_audit=audit)
+
     try:
-        settings = load_detector_settings(args.config, list(args.rules))
+        settings = load_settings()
     except ConfigError as exc:
         return _fail(str(exc))
-    if args.audit_log or args.audit_webhook_bind:  # the flags win over the config file
-        audit = dataclasses.replace(
-            settings.k8s_audit,
-            log_file=args.audit_log or settings.k8s_audit.log_file,
-            webhook_bind=args.audit_webhook_bind or settings.k8s_audit.webhook_bind,
-        )
-        settings = dataclasses.replace(settings, k8s_audit=audit)
     if os.geteuid() != 0:
         return _fail("loading eBPF probes needs root (CAP_BPF, CAP_PERFMON); run it as root.")
 
@@ -203,15 +322,17 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
 
     stopping: list[int] = []
+    reload_asked: list[int] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        stopping.append(signum)
+        (reload_asked if signum == signal.SIGHUP else stopping).append(signum)
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     metadata = metadata_from_env()
     pidfile: str | None = args.pidfile
     events_log: TextIO | None = None
-    attribution: Attribution | None = None
+    attribution: Attribution | None = None  # its sources are read once, not on reload
+    pipeline: Pipeline | None = None  # holds the outputs in force once it exists
     try:
         if settings.k8s_audit.enabled:
             from detector.audit_sources import Attribution
@@ -220,33 +341,37 @@ def run(args: argparse.Namespace) -> int:
             attribution.start()
         engine = Engine.from_settings(settings, metadata)
         boot_to_wall = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-        tracker = Tracker(host=procscan.ProcHost(), boot_to_wall_ns=boot_to_wall)
-        seeded = seed(loader, tracker, host_mnt_ns)
+        host = procscan.ProcHost()
+        tracker = Tracker(host=host, boot_to_wall_ns=boot_to_wall)
+        seeded = seed(loader, tracker, host_mnt_ns, engine)
         if log_path := os.environ.get("PODLOCK_EVENTS_LOG"):
             events_log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed below
         if pidfile:
-            with open(pidfile, "w", encoding="utf-8") as fh:
-                fh.write(f"{os.getpid()}\n")
-        print(
-            f"podlock detect: probes attached, {seeded} container processes already running",
-            file=sys.stderr,
-            flush=True,
-        )
+            _write_pidfile(pidfile)
+        _say(f"probes attached, {seeded} container processes already running")
 
-        pipeline = Pipeline(loader, tracker, engine, outputs, events_log, attribution)
-        next_flush = 0
+        def load_engine() -> tuple[DetectorSettings, Engine]:
+            fresh = load_settings()
+            return fresh, Engine.from_settings(fresh, metadata)
+
+        pipeline = Pipeline(loader, tracker, engine, outputs, events_log, host, attribution)
+        reload: Reload | None = None
         while not stopping:
             now = pipeline.step(POLL_MS)
-            if now >= next_flush:
-                pipeline.flush(now)
-                next_flush = now + FLUSH_EVERY_NS
+            pipeline.housekeeping(now)
+            if reload is None and reload_asked:
+                reload_asked.clear()  # signals meanwhile are one more reload after this
+                reload = Reload(load_engine)
+            elif reload is not None and reload.done():
+                settings = _take_reload(reload, settings, pipeline, args.json, now)
+                reload = None
         pipeline.shutdown(time.time_ns())
         return 0
     finally:
         loader.close()
         if attribution is not None:
             attribution.close()
-        outputs.close()
+        (outputs if pipeline is None else pipeline.outputs).close()
         close = getattr(metadata, "close", None)
         if callable(close):
             close()
@@ -257,3 +382,29 @@ def run(args: argparse.Namespace) -> int:
                 os.unlink(pidfile)
         for signum, handler in old.items():
             signal.signal(signum, handler)
+
+
+def _take_reload(
+    reload: Reload, running: DetectorSettings, pipeline: Pipeline, json_stdout: bool, now: int
+) -> DetectorSettings:
+    """Swap in a finished reload's engine (and outputs, if their settings changed), or
+    keep everything as it runs and say why. Returns the settings now in force."""
+    from detector.config import ConfigError
+    from detector.outputs import build_outputs
+
+    if reload.result is None:
+        _say(f"reload failed, the running configuration and rules stay: {reload.error}")
+        return running
+    settings, engine = reload.result
+    if _output_settings(settings) != _output_settings(running):
+        try:
+            outputs = build_outputs(settings, json_stdout=json_stdout)
+        except ConfigError as exc:
+            _say(f"reload failed, the running configuration and rules stay: {exc}")
+            return running
+        pipeline.outputs.close()
+        pipeline.outputs = outputs
+    pipeline.emit(engine.adopt(pipeline.engine, now), now)
+    pipeline.engine = engine
+    _say(f"reloaded {len(settings.rules_files)} rules files, {len(engine.rules)} rules in force")
+    return settings

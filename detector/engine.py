@@ -12,6 +12,7 @@ release, lost events no alert carried) happens in `flush`, and also from
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -50,6 +51,11 @@ _CHECK_EVERY_NS = 100_000_000
 _DROP_GRACE_NS = 1_000_000_000
 _PLAIN = frozenset({str, int})  # values %s prints as format_value would
 _DISTINCT_CAP = 65536  # distinct values an aggregate group remembers for its count
+# open aggregate groups: past this, the oldest is closed early (its alert is emitted, not lost)
+MAX_GROUPS = 4096
+# processes with cached rule lists and output fields (_proc_rules): an entry goes when
+# its process exits; past this many (exits lost), the cache is emptied
+_CACHE_CAP = 4096
 
 
 @dataclass(slots=True)
@@ -70,7 +76,6 @@ class _Compiled:
     # output fields that depend on the process only, and their values per process
     proc_keys: tuple[str, ...] = ()
     proc_getters: tuple[Extract, ...] = ()
-    memo: dict[int, _ProcMemo] = field(default_factory=dict)
     # the condition's conjuncts that read only per-process fields; None: there are none.
     # Decided once per process (see Engine._rules_for), not per event.
     proc_pred: Pred | None = None
@@ -79,12 +84,14 @@ class _Compiled:
 @dataclass(slots=True)
 class _ProcRules:
     """For one process: the rules of each event type whose per-process part of the
-    condition holds (valid while the engine state and the metadata are the same)."""
+    condition holds, and each rule's per-process output fields (valid while the engine
+    state and the metadata are the same)."""
 
     proc: Process
     state: int
     meta: ContainerMeta | None
     lists: dict[int, tuple[_Compiled, ...]]  # id(the type's rule list) -> those rules
+    memos: dict[int, _ProcMemo]  # id(a _Compiled) -> its output fields for this process
 
 
 def _conjuncts(node: Node) -> list[Node]:
@@ -107,11 +114,8 @@ def _per_process(node: Node) -> bool:
 @dataclass(slots=True)
 class _ProcMemo:
     """One rule's per-process output fields for one process, and its output template with
-    those already filled in (valid while the engine state and the metadata are the same)."""
+    those already filled in (kept in the process's _ProcRules, valid as long as it is)."""
 
-    proc: Process
-    state: int
-    meta: ContainerMeta | None
     values: dict[str, FieldValue]
     base: dict[str, FieldValue]  # the rule's fixed fields and these values, merged once
     template: str  # the rest of the fields as %s
@@ -174,8 +178,12 @@ class Engine:
             self._limiter = RateLimiter(
                 rate_limit.rate, rate_limit.max_burst, int(rate_limit.summary_interval_s * 1e9)
             )
+        # open until their process exits, they go idle or MAX_GROUPS (oldest first)
         self._groups: dict[tuple[str, str, int], _Group] = {}
-        self._proc_rules: dict[int, _ProcRules] = {}  # by id(Process), see _rules_for
+        self.groups_closed_early = 0  # by MAX_GROUPS
+        # by pid, see _rules_for: until the process exits, or _CACHE_CAP
+        self._proc_rules: dict[int, _ProcRules] = {}
+        self._rate_limit = rate_limit
         self._next_check_ns = 0
         self.rules = tuple(r for r in rules.enabled if r.priority.at_least(min_priority))
         self.warnings = list(rules.warnings)
@@ -200,6 +208,53 @@ class Engine:
             rule_matching=settings.rule_matching,
             rate_limit=settings.rate_limit,
         )
+
+    def adopt(self, old: Engine, now_ns: int) -> list[Alert]:
+        """Take over a running engine's state (a reload): sessions, parents, open
+        aggregate groups (each keeps the rule it was opened under), held-back alerts and
+        lost-event counts carry on under this engine's rules. Returns what the old engine
+        owes now: its held-back alerts, when the rate limit changed."""
+        out: list[Alert] = []
+        if old._limiter is not None:
+            if self._limiter is not None and self._rate_limit == old._rate_limit:
+                self._limiter = old._limiter
+            else:
+                old._release(old._limiter.due(now_ns + 10**18), out)
+        self._sessions, self._procs, self._groups = old._sessions, old._procs, old._groups
+        self._num, self._state = old._num, old._state + 1
+        self._drops, self._drops_since_ns = old._drops, old._drops_since_ns
+        self._next_check_ns = old._next_check_ns
+        self.events, self.alerts = old.events, old.alerts
+        self.groups_closed_early = old.groups_closed_early
+        return out
+
+    def seed(self, proc: Process) -> None:
+        """A process that ran before the agent started (read from /proc): remembered as
+        if its exec had been seen, so its children's parent fields and its session's
+        command are known."""
+        self._procs.remember(proc)
+        self._sessions.leader_exec(proc)
+        self._state += 1
+
+    def sweep(self, now_ns: int, alive: Callable[[int], bool] | None = None) -> None:
+        """Slow housekeeping (the agent calls it every few seconds): rate-limit buckets
+        that refilled and hold nothing are dropped, as if never made; with `alive`,
+        sessions and processes whose exit was never seen (a lost record) too."""
+        if self._limiter is not None:
+            self._limiter.prune(now_ns)
+        if alive is not None:
+            self._sessions.prune(alive)
+            self._procs.prune(alive)
+
+    def table_sizes(self) -> dict[str, int]:
+        """Entries in each long-lived table (for metrics and the soak benchmark)."""
+        return {
+            "engine.sessions": len(self._sessions),
+            "engine.processes": len(self._procs),
+            "engine.groups": len(self._groups),
+            "engine.rate_buckets": len(self._limiter) if self._limiter is not None else 0,
+            "engine.process_cache": len(self._proc_rules),
+        }
 
     def rules_for(self, evt_type: str) -> tuple[str, ...]:
         """Names of the rules an event of this type meets (the index), for tests/tools."""
@@ -341,7 +396,7 @@ class Engine:
         for c in self._rules_for(rules, event):
             if c.pred is None or c.pred(event):
                 if c.collect is not None:
-                    self._fold(c, event, now_ns)
+                    self._fold(c, event, now_ns, out)
                 else:
                     alert = self._alert_for(c, event, now_ns)
                     if alert is not None:
@@ -359,12 +414,12 @@ class Engine:
         its first event and reused for the next ones (a storm is one process's events)."""
         proc = event.proc
         meta = self.meta(proc.container_id)
-        # keyed by identity: the tracker hands out one Process value per process
-        hit = self._proc_rules.get(id(proc))
+        # checked by identity: the tracker hands out one Process value per process
+        hit = self._proc_rules.get(proc.pid)
         if hit is None or hit.proc is not proc or hit.state != self._state or hit.meta is not meta:
-            if len(self._proc_rules) >= 1024:
+            if len(self._proc_rules) >= _CACHE_CAP:
                 self._proc_rules.clear()
-            hit = self._proc_rules[id(proc)] = _ProcRules(proc, self._state, meta, {})
+            hit = self._proc_rules[proc.pid] = _ProcRules(proc, self._state, meta, {}, {})
         met = hit.lists.get(id(rules))
         if met is None:
             # only per-process fields are read: the event stands for its process here
@@ -392,10 +447,10 @@ class Engine:
         if not c.proc_getters:
             return None
         proc = event.proc
-        meta = self.meta(proc.container_id)
-        # keyed by identity: the tracker hands out one Process value per process
-        hit = c.memo.get(id(proc))
-        if hit is not None and hit.proc is proc and hit.state == self._state and hit.meta is meta:
+        # _rules_for made the process's entry for this very event
+        cached = self._proc_rules[proc.pid].memos
+        hit = cached.get(id(c))
+        if hit is not None:
             return hit
         values = dict(zip(c.proc_keys, [get(event) for get in c.proc_getters], strict=True))
         template: list[str] = []
@@ -409,10 +464,7 @@ class Engine:
                 template.append("%s")
                 keys.append(text)
         base = c.fixed | values
-        memo = _ProcMemo(proc, self._state, meta, values, base, "".join(template), tuple(keys))
-        if len(c.memo) >= 1024:
-            c.memo.clear()
-        c.memo[id(proc)] = memo
+        memo = cached[id(c)] = _ProcMemo(values, base, "".join(template), tuple(keys))
         return memo
 
     def _extract(
@@ -473,7 +525,7 @@ class Engine:
 
     # --- aggregation ------------------------------------------------------------------------
 
-    def _fold(self, c: _Compiled, event: Any, now_ns: int) -> None:
+    def _fold(self, c: _Compiled, event: Any, now_ns: int, out: list[Alert]) -> None:
         proc = event.proc
         agg = c.rule.aggregate
         assert agg is not None
@@ -486,6 +538,10 @@ class Engine:
                 self._extract(c, event), self.session_ref(proc),
             )  # fmt: skip
             self._groups[key] = group
+            if len(self._groups) > MAX_GROUPS:  # dicts keep insertion order: oldest first
+                oldest = next(iter(self._groups))
+                self._close(self._groups.pop(oldest), now_ns, out)
+                self.groups_closed_early += 1
         group.last_ns = now_ns
         collect = c.collect
         assert collect is not None
@@ -526,6 +582,7 @@ class Engine:
         if proc.session is Session.EXEC and pid == proc.session_id:
             self._sessions.end(pid)
         self._procs.forget(pid)
+        self._proc_rules.pop(pid, None)
 
     # --- time -------------------------------------------------------------------------------
 

@@ -129,10 +129,13 @@ class PodIndex:
     """
 
     def __init__(self, keep_deleted: int = 1024) -> None:
+        # the pods the API server lists now (a relist drops the ones it no longer has)
         self._by_container: dict[str, ContainerMeta] = {}
         self._by_pod: dict[str, tuple[str, ...]] = {}
+        # containers of deleted pods, the last `keep_deleted` of them, oldest evicted first
         self._gone: OrderedDict[str, ContainerMeta] = OrderedDict()
         self._keep_deleted = keep_deleted
+        self.evicted = 0  # containers of deleted pods forgotten to keep that bound
         self._lock = threading.Lock()
 
     def lookup(self, container_id: str) -> ContainerMeta | None:
@@ -170,6 +173,15 @@ class PodIndex:
                 self._gone[cid] = meta
         while len(self._gone) > self._keep_deleted:
             self._gone.popitem(last=False)
+            self.evicted += 1
+
+    def table_sizes(self) -> dict[str, int]:
+        """Entries in each table (for metrics and the soak benchmark)."""
+        return {
+            "k8s.containers": len(self._by_container),
+            "k8s.pods": len(self._by_pod),
+            "k8s.deleted_containers": len(self._gone),
+        }
 
 
 # --- the watch edge --------------------------------------------------------------------------

@@ -60,7 +60,7 @@ class Loader:
         self._links: list[int] = []
         self._progs: dict[str, int] = {}
         self._ring: RingReader | None = None
-        self._log: list[str] = []
+        self._log: list[str] = []  # libbpf's last 5000 lines, for error messages
         # keep a reference: libbpf calls it after we return
         self._on_print = libbpf.PrintCallback(self._print)
         self._print_buf = ctypes.create_string_buffer(1 << 16)  # one, for every log line
@@ -163,7 +163,15 @@ class Loader:
 
     def drops(self) -> int:
         """Records the kernel could not put in the ring buffer, since load."""
-        key = ctypes.c_uint32(0)
+        return self._drops_at(0)
+
+    def unlabelled(self) -> int:
+        """Processes and container cgroups the kernel left unlabelled, since load: the
+        `procs` or `containers` map was full. Their events are not seen."""
+        return self._drops_at(1)
+
+    def _drops_at(self, index: int) -> int:
+        key = ctypes.c_uint32(index)
         values = (ctypes.c_uint64 * self._ncpus)()
         if self._lib.bpf_map_lookup_elem(self._fds["drops"], ctypes.byref(key), values) != 0:
             return 0
@@ -188,6 +196,30 @@ class Loader:
         self._lib.bpf_map_update_elem(
             self._fds["procs"], ctypes.byref(key), ctypes.byref(value), BPF_NOEXIST
         )
+
+    def forget_process(self, pid: int) -> None:
+        key = ctypes.c_uint32(pid)
+        self._lib.bpf_map_delete_elem(self._fds["procs"], ctypes.byref(key))
+
+    def labelled_pids(self) -> list[int]:
+        return self._keys("procs", ctypes.c_uint32)
+
+    def container_cgroups(self) -> list[int]:
+        return self._keys("containers", ctypes.c_uint64)
+
+    def _keys(self, name: str, key_type: type[ctypes.c_uint32 | ctypes.c_uint64]) -> list[int]:
+        """The keys of a hash map, one syscall per key. The kernel deleting the key we
+        stand on restarts the walk at the first key: the walk stops at a key seen
+        already, and the next walk makes up for what this one missed."""
+        fd, keys = self._fds[name], dict[int, None]()
+        get_next = self._lib.bpf_map_get_next_key
+        prev, key = None, key_type()
+        while get_next(fd, None if prev is None else ctypes.byref(prev), ctypes.byref(key)) == 0:
+            if key.value in keys:
+                break
+            keys[key.value] = None
+            prev, key = key, key_type()
+        return list(keys)
 
     def program_stats(self) -> list[ProgStats]:
         """Per-program run time and count (non-zero only with kernel.bpf_stats_enabled=1)."""

@@ -16,13 +16,14 @@ host before the detector started is taken for an exec session.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from detector.cgroups import ContainerRef, cgroup_v2_path, parse_cgroup_path
 from detector.decode import split_args
-from detector.events import Session
+from detector.events import Process, Session
 from detector.tracker import ProcInfo, parse_mountinfo
 
 CGROUP_ROOT = "/sys/fs/cgroup/unified"
@@ -43,6 +44,28 @@ class SeedProc:
     session: Session
     session_id: int
     info: ProcInfo
+    ppid: int = 0
+    vpid: int = 0
+    uid: int = 0
+    comm: str = ""
+    tty: int = 0
+
+    def process(self, container_id: str) -> Process:
+        """The process as the kernel's records would describe it."""
+        return Process(
+            pid=self.pid,
+            vpid=self.vpid,
+            ppid=self.ppid,
+            uid=self.uid,
+            comm=self.comm,
+            exepath=self.info.exepath,
+            cmdline=self.info.cmdline,
+            tty=self.tty,
+            cgroup_id=self.cgroup_id,
+            container_id=container_id,
+            session=self.session,
+            session_id=self.session_id,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +101,10 @@ class _Proc:
     pidns: int
     cgroup_path: str
     info: ProcInfo
+    vpid: int = 0
+    uid: int = 0
+    comm: str = ""
+    tty: int = 0
 
 
 def _read(path: str) -> str | None:
@@ -92,7 +119,8 @@ def _proc(pid: int, host_mnt_ns: int) -> _Proc | None:
     base = f"{PROC}/{pid}"
     cgroup_text = _read(f"{base}/cgroup")
     stat = _read(f"{base}/stat")
-    if cgroup_text is None or stat is None:
+    status = _read(f"{base}/status")
+    if cgroup_text is None or stat is None or status is None:
         return None
     cg_path = cgroup_v2_path(cgroup_text)
     if cg_path is None or parse_cgroup_path(cg_path) is None:
@@ -104,8 +132,10 @@ def _proc(pid: int, host_mnt_ns: int) -> _Proc | None:
         exe = os.readlink(f"{base}/exe")
     except OSError:
         return None
-    # fields after the parenthesised comm: state ppid … starttime (22nd field overall)
-    rest = stat.rsplit(")", 1)[1].split()
+    # fields after the parenthesised comm: state ppid pgrp session tty_nr … starttime
+    head, _, tail = stat.rpartition(")")
+    rest = tail.split()
+    ids = {k: v.split() for k, _, v in (line.partition(":") for line in status.splitlines())}
     cmdline_raw = _read(f"{base}/cmdline") or ""
     # as the exec record's argv is split: `sh -c ""` keeps its empty word either way
     argv = split_args(cmdline_raw.encode("utf-8", "surrogateescape"))
@@ -116,6 +146,10 @@ def _proc(pid: int, host_mnt_ns: int) -> _Proc | None:
         pidns=pidns,
         cgroup_path=cg_path,
         info=ProcInfo(exepath=exe.removesuffix(" (deleted)"), cmdline=argv),
+        vpid=int((ids.get("NSpid") or [str(pid)])[-1]),
+        uid=int((ids.get("Uid") or ["0"])[0]),
+        comm=head.partition("(")[2],
+        tty=int(rest[4]),
     )
 
 
@@ -149,7 +183,7 @@ def label_processes(procs: list[_Proc], pidns_of: dict[int, int]) -> list[SeedPr
             cur = by_pid[cur.ppid]
             hops += 1
         session, sid = labels.get(cur.pid, (Session.CONTAINER, 0))
-        out.append(SeedProc(p.pid, 0, session, sid, p.info))
+        out.append(SeedProc(p.pid, 0, session, sid, p.info, p.ppid, p.vpid, p.uid, p.comm, p.tty))
     return out
 
 
@@ -174,10 +208,11 @@ def scan(host_mnt_ns: int, root: str | None = None) -> Seed:
         p = _proc(pid, host_mnt_ns)
         if p is not None and p.cgroup_path in containers:
             procs.append(p)
-    seeded = []
-    for sp in label_processes(procs, pidns_of):
-        path = next(p.cgroup_path for p in procs if p.pid == sp.pid)
-        seeded.append(SeedProc(sp.pid, containers[path][0], sp.session, sp.session_id, sp.info))
+    path_of = {p.pid: p.cgroup_path for p in procs}
+    seeded = [
+        dataclasses.replace(sp, cgroup_id=containers[path_of[sp.pid]][0])
+        for sp in label_processes(procs, pidns_of)
+    ]
     busy = {p.cgroup_path for p in procs}
     return Seed(
         containers=tuple(
@@ -197,12 +232,24 @@ def host_mnt_ns() -> int:
         return os.stat(f"{PROC}/self/ns/mnt").st_ino
 
 
+def live_pids() -> set[int]:
+    """Every process (tgid) that exists now: one directory listing, not a read per pid.
+    (A zombie is listed until it is reaped.)"""
+    return {int(name) for name in os.listdir(PROC) if name.isdigit()}
+
+
 class ProcHost:
     """`tracker.Host` over the real /proc and cgroup tree."""
 
     def __init__(self, root: str | None = None) -> None:
         self._root = root or cgroup_root()
+        # the cgroup tree as of the last walk: replaced whole by every walk
         self._paths: dict[int, str] = {}
+
+    def live_cgroups(self) -> set[int]:
+        """Ids of every cgroup that exists now (one walk of the tree)."""
+        self._paths = dict(walk_cgroups(self._root))
+        return set(self._paths)
 
     def cgroup_path(self, cgroup_id: int) -> str | None:
         if cgroup_id not in self._paths:

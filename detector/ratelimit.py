@@ -4,6 +4,11 @@ A key (container, rule) may emit `max_burst` alerts at once, then `rate` per
 second. `admit` returns how many were held back since the key's previous emitted
 alert, so that alert can report it; `due` hands back, for keys that stayed quiet
 for `summary_ns` with a count pending, the latest held-back payload and its count.
+
+A bucket lives while it holds something back or has not refilled: `prune` drops
+the others (a full, empty bucket is the same as none), so the table follows the
+containers that alert now. `capacity` bounds it in between; keys evicted with
+held-back alerts pending are counted in `evicted_held`.
 """
 
 from __future__ import annotations
@@ -76,6 +81,20 @@ class RateLimiter(Generic[K, P]):
                 b.held, b.payload = 0, None
                 del self._held[key]
         return out
+
+    def prune(self, now_ns: int) -> int:
+        """Drop buckets that have refilled and hold nothing back; returns how many."""
+        full = [
+            key
+            for key, b in self._buckets.items()
+            if not b.held and b.tokens + (now_ns - b.last_ns) * self._per_ns >= self._burst
+        ]
+        for key in full:
+            del self._buckets[key]
+        return len(full)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def _evict(self) -> None:
         while len(self._buckets) > self._capacity:

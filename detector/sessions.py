@@ -2,12 +2,15 @@
 command (its leader's argv) and recently exec'd processes (for `proc.pname`).
 
 The kernel labels sessions; this only remembers what the labels point at. Both
-tables are LRU-bounded and drop entries when the process exits.
+tables drop an entry when its process exits, and are bounded by a capacity past
+which the least recently used entry is evicted and counted (`evicted`): a missed
+exit (a lost record) costs a slot for a while, never memory without bound.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from detector.events import Process, Session, SessionRef
@@ -22,9 +25,12 @@ class SessionInfo:
 
 
 class SessionTable:
+    """session id → its command; an entry lives until the leader exits (or eviction)."""
+
     def __init__(self, capacity: int = 4096) -> None:
         self._capacity = capacity
         self._by_id: OrderedDict[int, SessionInfo] = OrderedDict()
+        self.evicted = 0
 
     def leader_exec(self, proc: Process, time_ns: int) -> None:
         """Record the session's command and start at its leader's first exec; later execs
@@ -37,6 +43,7 @@ class SessionTable:
         self._by_id[proc.session_id] = SessionInfo(proc.container_id, proc.cmdline, ref)
         if len(self._by_id) > self._capacity:
             self._by_id.popitem(last=False)
+            self.evicted += 1
 
     def get(self, session_id: int) -> SessionInfo | None:
         return self._by_id.get(session_id)
@@ -44,16 +51,23 @@ class SessionTable:
     def end(self, session_id: int) -> None:
         self._by_id.pop(session_id, None)
 
+    def prune(self, alive: Callable[[int], bool]) -> None:
+        """Drop sessions whose leader is gone without its exit seen."""
+        for sid in [sid for sid in self._by_id if not alive(sid)]:
+            del self._by_id[sid]
+
     def __len__(self) -> int:
         return len(self._by_id)
 
 
 class ProcessTable:
-    """pid → the process as of its last exec, for parent fields."""
+    """pid → the process as of its last exec, for parent fields; an entry lives until
+    the process exits (or eviction)."""
 
     def __init__(self, capacity: int = 32768) -> None:
         self._capacity = capacity
         self._by_pid: OrderedDict[int, Process] = OrderedDict()
+        self.evicted = 0
 
     def remember(self, proc: Process) -> None:
         by_pid = self._by_pid
@@ -62,12 +76,18 @@ class ProcessTable:
         by_pid[proc.pid] = proc
         if len(by_pid) > self._capacity:
             by_pid.popitem(last=False)
+            self.evicted += 1
 
     def get(self, pid: int) -> Process | None:
         return self._by_pid.get(pid)
 
     def forget(self, pid: int) -> None:
         self._by_pid.pop(pid, None)
+
+    def prune(self, alive: Callable[[int], bool]) -> None:
+        """Drop processes that are gone without their exit seen."""
+        for pid in [pid for pid in self._by_pid if not alive(pid)]:
+            del self._by_pid[pid]
 
     def __len__(self) -> int:
         return len(self._by_pid)

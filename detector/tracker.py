@@ -3,6 +3,9 @@
 It knows which cgroup is which container, each labelled process's executable
 and command line (from its exec record, or from /proc at start-up), and each
 container's mount table (to classify path-only events as rootfs or volume).
+Per-process entries go at the process's exit record, per-cgroup ones when `prune`
+(called every few seconds) finds the cgroup gone; `prune` also drops processes
+whose exit record never came (lost, or exited while being seeded).
 All /proc and /sys reads come in through the `Host` protocol, so this module
 is testable with plain values.
 """
@@ -10,6 +13,7 @@ is testable with plain values.
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -64,17 +68,20 @@ class ProcInfo:
 class Tracker:
     host: Host
     boot_to_wall_ns: int  # add to CLOCK_BOOTTIME to get CLOCK_REALTIME
+    # per cgroup id, until prune() finds the cgroup gone: its container (None: the host)
     containers: dict[int, ContainerRef | None] = field(default_factory=dict)
+    # per pid, until its exit record (or prune() finds it gone)
     procs: dict[int, ProcInfo] = field(default_factory=dict)
-    # per cgroup: a pid whose mount table stands for the container's
+    # per cgroup, until it is gone: pids whose mount table stands for the container's
     mount_pids: dict[int, list[int]] = field(default_factory=dict)
+    # per cgroup, until it is gone: the container's mount points
     mounts: dict[int, list[str]] = field(default_factory=dict)
     # pid -> (the header fields it was built from, the Process): a storm of file events
     # from one process builds its Process once. Dropped when what it reads changes
     # (the process's exec/exit, container records).
     _proc_cache: dict[int, tuple[tuple[object, ...], Process]] = field(default_factory=dict)
     # the same, keyed by the record's raw header bytes (see file_record); emptied whenever
-    # _proc_cache loses anything
+    # _proc_cache loses anything, and at 4096 entries
     _by_record: dict[bytes, Process] = field(default_factory=dict)
 
     # ---- seeding ---------------------------------------------------------
@@ -86,6 +93,38 @@ class Tracker:
         self.procs[pid] = info
         self._forget(pid)
         self._remember_pid(cgroup_id, pid)
+
+    # ---- pruning -------------------------------------------------------------
+    def prune(self, live_cgroups: Collection[int], alive: Callable[[int], bool]) -> None:
+        """Forget cgroups not in `live_cgroups` and processes for which alive(pid) is
+        false. Tables that shrank by half are rebuilt: a dict keeps its peak size."""
+        before = len(self.containers) + len(self.procs) + len(self._proc_cache)
+        for cgroup_id in [c for c in self.containers if c not in live_cgroups]:
+            del self.containers[cgroup_id]
+            self.mount_pids.pop(cgroup_id, None)
+            self.mounts.pop(cgroup_id, None)
+        for cgroup_id in [c for c in self.mount_pids if c not in live_cgroups]:
+            del self.mount_pids[cgroup_id]  # (seeded without a container entry)
+        gone = [pid for pid in {*self.procs, *self._proc_cache} if not alive(pid)]
+        for pid in gone:
+            self.procs.pop(pid, None)
+            self._proc_cache.pop(pid, None)
+        if gone:
+            self._by_record.clear()
+        after = len(self.containers) + len(self.procs) + len(self._proc_cache)
+        if after * 2 < before:
+            self.containers, self.procs = dict(self.containers), dict(self.procs)
+            self.mount_pids, self.mounts = dict(self.mount_pids), dict(self.mounts)
+            self._proc_cache = dict(self._proc_cache)
+
+    def table_sizes(self) -> dict[str, int]:
+        """Entries in each long-lived table (for metrics and the soak benchmark)."""
+        return {
+            "tracker.containers": len(self.containers),
+            "tracker.processes": len(self.procs),
+            "tracker.mount_tables": len(self.mounts),
+            "tracker.process_cache": len(self._proc_cache),
+        }
 
     # ---- records -----------------------------------------------------------
     def container_of(self, cgroup_id: int) -> ContainerRef | None:

@@ -81,10 +81,12 @@ struct {
 	__type(value, struct podlock_cgroup);
 } containers SEC(".maps");
 
-/* Records the ring buffer could not take. */
+/* Records the ring buffer could not take (index 0); processes and container cgroups
+ * left unlabelled because `procs` or `containers` was full (index UNLABELLED). */
+#define UNLABELLED 1
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, __u64);
 } drops SEC(".maps");
@@ -129,6 +131,19 @@ static __always_inline __u64 file_wakeup(void)
 	if (avail >= sizeof(struct podlock_file_event) + 8 && avail / WAKEUP_BYTES != before / WAKEUP_BYTES)
 		return BPF_RB_FORCE_WAKEUP;
 	return BPF_RB_NO_WAKEUP;
+}
+
+/* A full `procs` or `containers` map refuses new entries: counted, never silent. */
+static __always_inline void count_unlabelled(long err)
+{
+	__u32 key = UNLABELLED;
+	__u64 *n;
+
+	if (!err)
+		return;
+	n = bpf_map_lookup_elem(&drops, &key);
+	if (n)
+		*n += 1;
 }
 
 static __always_inline struct scratch *get_scratch(void)
@@ -352,7 +367,7 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 	if (!lbl)
 		return 0;
 	/* children inherit the label; never re-derived from parents later */
-	bpf_map_update_elem(&procs, &ctgid, lbl, BPF_ANY);
+	count_unlabelled(bpf_map_update_elem(&procs, &ctgid, lbl, BPF_ANY));
 	return 0;
 }
 
@@ -411,7 +426,7 @@ int BPF_PROG(on_exec, struct task_struct *task, pid_t old_pid, struct linux_binp
 			fresh.session = PODLOCK_SESSION_EXEC;
 			fresh.session_id = tgid;
 		}
-		bpf_map_update_elem(&procs, &tgid, &fresh, BPF_ANY);
+		count_unlabelled(bpf_map_update_elem(&procs, &tgid, &fresh, BPF_ANY));
 		lbl = bpf_map_lookup_elem(&procs, &tgid);
 		if (!lbl)
 			return 0;
@@ -539,7 +554,7 @@ int BPF_PROG(on_cgroup_mkdir, struct cgroup *cgrp, const char *path)
 		return 0;
 	id = BPF_CORE_READ(cgrp, kn, id);
 	/* known before any process can join it: no race with the container's init */
-	bpf_map_update_elem(&containers, &id, &fresh, BPF_ANY);
+	count_unlabelled(bpf_map_update_elem(&containers, &id, &fresh, BPF_ANY));
 	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (!ev) {
 		count_drop();

@@ -114,6 +114,8 @@ def test_deleted_containers_are_kept_within_a_bound() -> None:
     index.apply("DELETED", pod("web-running"))
     kept = [cid for cid in (NGINX, METRICS, SHIPPER, DEBUG) if index.lookup(cid) is not None]
     assert len(kept) == 2
+    assert index.evicted == len(containers_of_pod(pod("web-running"))) - 2  # counted
+    assert index.table_sizes() == {"k8s.containers": 0, "k8s.pods": 0, "k8s.deleted_containers": 2}
 
 
 def test_replace_all_forgets_pods_not_listed() -> None:

@@ -251,12 +251,12 @@ def detector(e2e_dir: Path) -> Iterator[Detector]:
 
 
 @pytest.fixture
-def detector_factory(e2e_dir: Path) -> Iterator[Callable[[str], Detector]]:
+def detector_factory(e2e_dir: Path) -> Iterator[Callable[..., Detector]]:
     """Starts extra detectors (by work-directory name); stops whatever is left running."""
     started: list[Detector] = []
 
-    def start(name: str) -> Detector:
-        started.append(start_detector(e2e_dir / name))
+    def start(name: str, extra: list[str] | None = None) -> Detector:
+        started.append(start_detector(e2e_dir / name, extra))
         return started[-1]
 
     yield start
