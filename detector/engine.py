@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
-from detector.alerts import Alert, FieldValue, Priority, format_value
+from detector.alerts import Alert, FieldValue, Priority, format_value, join_items
 from detector.condition.ast import And, BCompare, BExists, Node, Not, Or
 from detector.condition.compiler import Pred, compile_condition, extractor
 from detector.config import DetectorSettings, RateLimit
@@ -485,9 +485,9 @@ class Engine:
         c = group.compiled
         fields = group.fields
         fields["podlock.agg.count"] = group.count
-        fields["podlock.agg.items"] = ",".join(group.items)
+        fields["podlock.agg.items"] = join_items(group.items)  # a comma in a name is escaped
         for name, values in group.unions.items():
-            fields[name] = ",".join(sorted(values))
+            fields[name] = join_items(sorted(values))
         held = 0
         if self._limiter is not None:
             key = (c.rule.name, group.container_id)

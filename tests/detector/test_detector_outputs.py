@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import threading
@@ -12,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
+import orjson
 import pytest
 
 from detector.alerts import Alert, Priority
@@ -280,5 +282,6 @@ def test_a_path_that_is_not_utf8_is_written_escaped_to_stdout() -> None:
 
 
 def test_a_path_that_is_not_utf8_stays_valid_json() -> None:
-    line = json_line(_not_utf8(1))
-    assert json.loads(line)["output_fields"]["fd.name"] == "/etc/ev\udcffil"
+    fields = orjson.loads(json_line(_not_utf8(1)))["output_fields"]
+    assert fields["fd.name"] == "/etc/ev\\xffil"
+    assert base64.b64decode(fields["fd.name.b64"]) == b"/etc/ev\xffil"
