@@ -23,16 +23,21 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from detector import procscan
 from detector.decode import DecodeError, RawCgroup, decode
-from detector.events import Event, LostEvents
+from detector.events import Event, ExecEvent, FileEvent, LostEvents
+from detector.fields import EXEC_EVT, EXIT_EVT
 from detector.libbpf import LibbpfUnavailable
 from detector.loader import Loader, LoaderError
+from detector.metrics import EventCounts
 from detector.tracker import Tracker
 
 if TYPE_CHECKING:
     from detector.alerts import Alert
     from detector.engine import Engine
+    from detector.metrics import MetricsServer
     from detector.outputs import Outputs
 
+# events counted by type (metrics): file events by their op, the others by class
+_EVENT_TYPE: dict[type, str] = {ExecEvent: EXEC_EVT}
 POLL_MS = 20  # also bounds the delay of file events the kernel did not wake us for
 FLUSH_EVERY_NS = 100_000_000
 
@@ -93,6 +98,7 @@ class Pipeline:
         self.lost_seen = 0
         self.bad_records = 0
         self.processed = 0
+        self.counts = EventCounts()  # for metrics
         self._pending: list[Alert] = []
 
     def deliver(self, event: Event, now: int) -> None:
@@ -119,6 +125,7 @@ class Pipeline:
         file_record, handle = tracker.file_record, tracker.handle
         process, pending = self.engine.process, self._pending
         log = self.events_log
+        by_type, clock, evaluation_ns = self.counts.by_type, time.perf_counter_ns, 0
         for record in records:
             raw = None
             try:
@@ -134,13 +141,21 @@ class Pipeline:
                 if log is not None:
                     log.write(event_json(event) + "\n")
                     log.flush()
+                started = clock()
                 alerts = process(event, now)
+                evaluation_ns += clock() - started
+                if isinstance(event, FileEvent):
+                    by_type[event.op._value_] += 1
+                else:
+                    by_type[_EVENT_TYPE.get(event.__class__, EXIT_EVT)] += 1
                 if alerts:
                     pending += alerts
                     if len(pending) >= self.BATCH:
                         self._write()
             elif isinstance(raw, RawCgroup) and tracker.containers.get(raw.hdr.cgroup_id) is None:
                 self.loader.forget_container(raw.hdr.cgroup_id)  # the kernel guessed wrong
+        self.counts.evaluation_ns += evaluation_ns
+        self.counts.evaluations = self.processed
         lost = self.loader.drops() + self.bad_records
         if lost > self.lost_seen:
             self.deliver(LostEvents(time_ns=now, count=lost - self.lost_seen), now)
@@ -156,11 +171,32 @@ class Pipeline:
         self.outputs.emit_many(self.engine.shutdown(now))
 
 
+def _serve_metrics(bind: str, pipeline: Pipeline) -> MetricsServer:
+    """The /metrics endpoint, reading the pipeline's live objects at each scrape."""
+    from detector.metrics import MetricsServer, Sources
+
+    return MetricsServer(
+        bind,
+        Sources(
+            events=lambda: pipeline.counts,
+            outputs=lambda: pipeline.outputs,
+            kernel_drops=pipeline.loader.drops,
+            user_drops=lambda: pipeline.bad_records,
+            tracked_processes=lambda: len(pipeline.tracker.procs),
+            tracked_containers=lambda: len(pipeline.tracker.containers),
+        ),
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from detector.config import ConfigError, load_detector_settings
 
     try:
         settings = load_detector_settings(args.config, list(args.rules))
+        if args.metrics_bind:
+            from detector.metrics import parse_bind
+
+            parse_bind(args.metrics_bind)  # a malformed flag fails before the probes load
     except ConfigError as exc:
         return _fail(str(exc))
     if os.geteuid() != 0:
@@ -195,6 +231,7 @@ def run(args: argparse.Namespace) -> int:
     metadata = metadata_from_env()
     pidfile: str | None = args.pidfile
     events_log: TextIO | None = None
+    metrics: MetricsServer | None = None
     try:
         engine = Engine.from_settings(settings, metadata)
         boot_to_wall = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
@@ -202,6 +239,9 @@ def run(args: argparse.Namespace) -> int:
         seeded = seed(loader, tracker, host_mnt_ns)
         if log_path := os.environ.get("PODLOCK_EVENTS_LOG"):
             events_log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed below
+        pipeline = Pipeline(loader, tracker, engine, outputs, events_log)
+        if args.metrics_bind:
+            metrics = _serve_metrics(args.metrics_bind, pipeline)
         if pidfile:
             with open(pidfile, "w", encoding="utf-8") as fh:
                 fh.write(f"{os.getpid()}\n")
@@ -211,7 +251,6 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-        pipeline = Pipeline(loader, tracker, engine, outputs, events_log)
         next_flush = 0
         while not stopping:
             now = pipeline.step(POLL_MS)
@@ -220,7 +259,11 @@ def run(args: argparse.Namespace) -> int:
                 next_flush = now + FLUSH_EVERY_NS
         pipeline.shutdown(time.time_ns())
         return 0
+    except ConfigError as exc:  # --metrics-bind cannot listen
+        return _fail(str(exc))
     finally:
+        if metrics is not None:
+            metrics.close()
         loader.close()
         outputs.close()
         close = getattr(metadata, "close", None)

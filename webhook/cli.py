@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--rules", action="append", default=[], metavar="FILE")
     detect.add_argument("--json", action="store_true", help="JSON alerts on stdout")
     detect.add_argument("--pidfile", metavar="PATH")
+    detect.add_argument(
+        "--metrics-bind", metavar="HOST:PORT", help="serve Prometheus metrics (off by default)"
+    )
     return parser
 
 
