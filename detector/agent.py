@@ -28,9 +28,11 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from detector import procscan
 from detector.decode import DecodeError, RawCgroup, decode
-from detector.events import Event, LostEvents
+from detector.events import Event, ExecEvent, FileEvent, LostEvents
+from detector.fields import EXEC_EVT, EXIT_EVT
 from detector.libbpf import LibbpfUnavailable
 from detector.loader import Loader, LoaderError
+from detector.metrics import EventCounts
 from detector.tracker import Tracker
 
 if TYPE_CHECKING:
@@ -38,8 +40,11 @@ if TYPE_CHECKING:
     from detector.audit_sources import Attribution
     from detector.config import DetectorSettings
     from detector.engine import Engine
+    from detector.metrics import MetricsServer
     from detector.outputs import Outputs
 
+# events counted by type (metrics): file events by their op, the others by class
+_EVENT_TYPE: dict[type, str] = {ExecEvent: EXEC_EVT}
 POLL_MS = 20  # also bounds the delay of file events the kernel did not wake us for
 FLUSH_EVERY_NS = 100_000_000
 SWEEP_EVERY_NS = 10_000_000_000  # how long state of a process or container outlives it
@@ -172,6 +177,7 @@ class Pipeline:
         self.unlabelled_seen = 0  # loader.unlabelled() as last reported
         self.bad_records = 0
         self.processed = 0
+        self.counts = EventCounts()  # for metrics
         self._pending: list[Alert] = []
 
     def deliver(self, event: Event, now: int) -> None:
@@ -204,6 +210,7 @@ class Pipeline:
         file_record, handle = tracker.file_record, tracker.handle
         process, pending = self.engine.process, self._pending
         log = self.events_log
+        by_type, clock, evaluation_ns = self.counts.by_type, time.perf_counter_ns, 0
         for record in records:
             raw = None
             try:
@@ -219,13 +226,21 @@ class Pipeline:
                 if log is not None:
                     log.write(event_json(event) + "\n")
                     log.flush()
+                started = clock()
                 alerts = process(event, now)
+                evaluation_ns += clock() - started
+                if isinstance(event, FileEvent):
+                    by_type[event.op._value_] += 1
+                else:
+                    by_type[_EVENT_TYPE.get(event.__class__, EXIT_EVT)] += 1
                 if alerts:
                     pending += alerts
                     if len(pending) >= self.BATCH:
                         self._write()
             elif isinstance(raw, RawCgroup) and tracker.containers.get(raw.hdr.cgroup_id) is None:
                 self.loader.forget_container(raw.hdr.cgroup_id)  # the kernel guessed wrong
+        self.counts.evaluation_ns += evaluation_ns
+        self.counts.evaluations = self.processed
         lost = self.loader.drops() + self.bad_records
         if lost > self.lost_seen:
             self.deliver(LostEvents(time_ns=now, count=lost - self.lost_seen), now)
@@ -280,6 +295,23 @@ def _write_pidfile(path: str) -> None:
     os.replace(tmp, path)
 
 
+def _serve_metrics(bind: str, pipeline: Pipeline) -> MetricsServer:
+    """The /metrics endpoint, reading the pipeline's live objects at each scrape."""
+    from detector.metrics import MetricsServer, Sources
+
+    return MetricsServer(
+        bind,
+        Sources(
+            events=lambda: pipeline.counts,
+            outputs=lambda: pipeline.outputs,
+            kernel_drops=pipeline.loader.drops,
+            user_drops=lambda: pipeline.bad_records,
+            tracked_processes=lambda: len(pipeline.tracker.procs),
+            tracked_containers=lambda: len(pipeline.tracker.containers),
+        ),
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from detector.config import ConfigError, load_detector_settings
 
@@ -296,6 +328,10 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         settings = load_settings()
+        if args.metrics_bind:
+            from detector.metrics import parse_bind
+
+            parse_bind(args.metrics_bind)  # a malformed flag fails before the probes load
     except ConfigError as exc:
         return _fail(str(exc))
     if os.geteuid() != 0:
@@ -333,6 +369,7 @@ def run(args: argparse.Namespace) -> int:
     events_log: TextIO | None = None
     attribution: Attribution | None = None  # its sources are read once, not on reload
     pipeline: Pipeline | None = None  # holds the outputs in force once it exists
+    metrics: MetricsServer | None = None
     try:
         if settings.k8s_audit.enabled:
             from detector.audit_sources import Attribution
@@ -346,6 +383,9 @@ def run(args: argparse.Namespace) -> int:
         seeded = seed(loader, tracker, host_mnt_ns, engine)
         if log_path := os.environ.get("PODLOCK_EVENTS_LOG"):
             events_log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed below
+        pipeline = Pipeline(loader, tracker, engine, outputs, events_log, host, attribution)
+        if args.metrics_bind:
+            metrics = _serve_metrics(args.metrics_bind, pipeline)
         if pidfile:
             _write_pidfile(pidfile)
         _say(f"probes attached, {seeded} container processes already running")
@@ -354,7 +394,6 @@ def run(args: argparse.Namespace) -> int:
             fresh = load_settings()
             return fresh, Engine.from_settings(fresh, metadata)
 
-        pipeline = Pipeline(loader, tracker, engine, outputs, events_log, host, attribution)
         reload: Reload | None = None
         while not stopping:
             now = pipeline.step(POLL_MS)
@@ -367,7 +406,11 @@ def run(args: argparse.Namespace) -> int:
                 reload = None
         pipeline.shutdown(time.time_ns())
         return 0
+    except ConfigError as exc:  # --metrics-bind cannot listen
+        return _fail(str(exc))
     finally:
+        if metrics is not None:
+            metrics.close()
         loader.close()
         if attribution is not None:
             attribution.close()

@@ -9,6 +9,7 @@ dataclasses. Without a file, the embedded defaults apply (stdout, default rules)
     file_output: {enabled: false, filename: /var/log/podlock.log, keep_alive: false}
     program_output: {enabled: false, program: "jq -c .", keep_alive: false}
     http_output: {enabled: false, url: "http://127.0.0.1:2801/", timeout: 2}
+    outputs_queue: {capacity: 10000, max_bytes: 16777216, max_retry_interval: 10}
     rate_limit: {enabled: true, rate: 0.2, max_burst: 20, summary_interval: 60}
     k8s_audit: {log_file: "", webhook_bind: "", hold: 2, window: 30, skew: 1}
 """
@@ -72,6 +73,20 @@ class HttpOutput:
 
 
 @dataclass(frozen=True)
+class OutputsQueue:
+    """Each enabled output has its own queue and sender thread, bounded by these (Falco's
+    `outputs_queue.capacity`, plus a bound in bytes). Alerts that do not fit are dropped,
+    counted, logged and reported by the next alert that output delivers."""
+
+    capacity: int = 10_000
+    """Alerts waiting per output at most."""
+    max_bytes: int = 16 << 20
+    """Bytes of encoded alerts waiting per output at most."""
+    max_retry_interval_s: float = 10.0
+    """Longest wait between retries of a failing output (the wait doubles from 0.1 s)."""
+
+
+@dataclass(frozen=True)
 class RateLimit:
     """A token bucket per (container, rule): `max_burst` alerts at once, then `rate`
     per second. Held-back alerts are counted; the next alert emitted for that
@@ -122,6 +137,7 @@ class DetectorSettings:
     file_output: FileOutput = field(default_factory=FileOutput)
     program_output: ProgramOutput = field(default_factory=ProgramOutput)
     http_output: HttpOutput = field(default_factory=HttpOutput)
+    outputs_queue: OutputsQueue = field(default_factory=OutputsQueue)
     rate_limit: RateLimit = field(default_factory=RateLimit)
     k8s_audit: K8sAudit = field(default_factory=K8sAudit)
     hostname: str = ""
@@ -131,7 +147,8 @@ class DetectorSettings:
 _TOP_KEYS = frozenset(
     {
         "rules_file", "json_output", "priority", "rule_matching", "stdout_output",
-        "file_output", "program_output", "http_output", "rate_limit", "k8s_audit",
+        "file_output", "program_output", "http_output", "rate_limit", "outputs_queue",
+        "k8s_audit",
     }
 )  # fmt: skip
 
@@ -176,6 +193,7 @@ def load_detector_settings(
     file_out = reader.section("file_output", {"enabled", "filename", "keep_alive"})
     prog = reader.section("program_output", {"enabled", "program", "keep_alive"})
     http = reader.section("http_output", {"enabled", "url", "timeout"})
+    queue = reader.section("outputs_queue", {"capacity", "max_bytes", "max_retry_interval"})
     rate = reader.section("rate_limit", {"enabled", "rate", "max_burst", "summary_interval"})
     audit = reader.section(
         "k8s_audit",
@@ -203,6 +221,18 @@ def load_detector_settings(
     )
     if http_output.enabled and not http_output.url.startswith(("http://", "https://")):
         raise ConfigError(f"{where}: key 'http_output.url': must be an http:// or https:// URL")
+    outputs_queue = OutputsQueue(
+        capacity=int(reader.number("outputs_queue.capacity", 10_000, queue, whole=True)),
+        max_bytes=int(reader.number("outputs_queue.max_bytes", 16 << 20, queue, whole=True)),
+        max_retry_interval_s=reader.number("outputs_queue.max_retry_interval", 10.0, queue),
+    )
+    if outputs_queue.capacity < 1 or outputs_queue.max_bytes < 65536:
+        raise ConfigError(
+            f"{where}: key 'outputs_queue': capacity must be at least 1 and max_bytes at "
+            "least 65536 (an unbounded queue is not offered)"
+        )
+    if outputs_queue.max_retry_interval_s < 0.1:
+        raise ConfigError(f"{where}: key 'outputs_queue.max_retry_interval': must be at least 0.1")
     rate_limit = RateLimit(
         enabled=reader.flag("rate_limit.enabled", True, rate),
         rate=reader.number("rate_limit.rate", 0.2, rate),
@@ -237,6 +267,7 @@ def load_detector_settings(
         file_output=file_output,
         program_output=program_output,
         http_output=http_output,
+        outputs_queue=outputs_queue,
         rate_limit=rate_limit,
         k8s_audit=k8s_audit,
         hostname=env.get("NODE_NAME") or socket.gethostname(),

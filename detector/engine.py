@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
-from detector.alerts import Alert, FieldValue, Priority, format_value
+from detector.alerts import Alert, FieldValue, Priority, format_value, join_items
 from detector.condition.ast import And, BCompare, BExists, Node, Not, Or
 from detector.condition.compiler import Pred, compile_condition, extractor
 from detector.config import DetectorSettings, RateLimit
@@ -233,7 +233,7 @@ class Engine:
         if its exec had been seen, so its children's parent fields and its session's
         command are known."""
         self._procs.remember(proc)
-        self._sessions.leader_exec(proc)
+        self._sessions.leader_exec(proc, 0)  # its start was not seen: never attributed
         self._state += 1
 
     def sweep(self, now_ns: int, alive: Callable[[int], bool] | None = None) -> None:
@@ -560,9 +560,9 @@ class Engine:
         c = group.compiled
         fields = group.fields
         fields["podlock.agg.count"] = group.count
-        fields["podlock.agg.items"] = ",".join(group.items)
+        fields["podlock.agg.items"] = join_items(group.items)  # a comma in a name is escaped
         for name, values in group.unions.items():
-            fields[name] = ",".join(sorted(values))
+            fields[name] = join_items(sorted(values))
         held = 0
         if self._limiter is not None:
             key = (c.rule.name, group.container_id)

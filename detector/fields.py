@@ -297,8 +297,8 @@ _DEFS: tuple[FieldDef, ...] = (
              "back since the previous one (output only)", None),
     FieldDef("podlock.agg.count", _I, "aggregated alerts: number of distinct items (output "
              "only)", None),
-    FieldDef("podlock.agg.items", _S, "aggregated alerts: the first items, comma-separated "
-             "(output only)", None),
+    FieldDef("podlock.agg.items", _S, "aggregated alerts: the first items, comma-separated, "
+             "a comma or backslash in an item escaped by a backslash (output only)", None),
 )  # fmt: skip
 
 

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve the API server's audit webhook backend here: who ran each exec",
     )
+    detect.add_argument(
+        "--metrics-bind", metavar="HOST:PORT", help="serve Prometheus metrics (off by default)"
+    )
     return parser
 
 

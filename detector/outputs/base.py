@@ -1,97 +1,83 @@
-"""What every sink shares: the interface and the count-and-log-once failure rule."""
+"""What every output shares: alerts encoded once into lines (bytes, no newline), the
+writer interface each sink implements, and the two ways a write can fail."""
 
 from __future__ import annotations
 
-import codecs
-import logging
 from collections.abc import Callable
 from typing import Protocol
 
+import orjson
+
 from detector.alerts import Alert
 
-log = logging.getLogger("podlock.detector.outputs")
+Formatter = Callable[[Alert], bytes]  # one line, no newline
 
-Formatter = Callable[[Alert], str]  # one line, no newline
-
-# The codec error handler every text sink writes with. Paths that are not UTF-8 reach us as
-# surrogate escapes (decode's "surrogateescape"); a strict encoder would refuse the whole
-# batch, so a file name chosen for it could hide alerts. This writes each such byte as \xNN.
-ESCAPE_BYTES = "podlock-escape-bytes"
+DROPS_FIELD = "podlock.output_drops"
 
 
-def _escape_bytes(err: UnicodeError) -> tuple[str, int]:
-    if not isinstance(err, UnicodeEncodeError):
-        raise err
-    chunk = err.object[err.start : err.end]
-    return "".join(
-        f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else f"\\u{ord(c):04x}"
-        for c in chunk
-    ), err.end
+def text_line(alert: Alert) -> bytes:
+    # to_text escapes everything that is not printable UTF-8: a strict encode cannot fail
+    return alert.to_text().encode()
 
 
-codecs.register_error(ESCAPE_BYTES, _escape_bytes)
+def json_line(alert: Alert) -> bytes:
+    return alert.to_json_bytes()
 
 
-def text_line(alert: Alert) -> str:
-    return alert.to_text()
+def mark_text(line: bytes, dropped: int) -> bytes:
+    """The text line of the first alert after a gap, saying how many alerts the gap held."""
+    return line + f" ({DROPS_FIELD}={dropped})".encode()
 
 
-def json_line(alert: Alert) -> str:
-    return alert.to_json()
+def mark_json(line: bytes, dropped: int) -> bytes:
+    """The same for a JSON line: `output_fields` gains (or adds to) podlock.output_drops."""
+    doc = orjson.loads(line)
+    fields = doc.setdefault("output_fields", {})
+    fields[DROPS_FIELD] = int(fields.get(DROPS_FIELD, 0)) + dropped
+    return orjson.dumps(doc)
 
 
-class Sink(Protocol):
-    name: str
+class Retry(Exception):
+    """A failure that may pass (receiver down, 5xx, program exited, disk full): the sender
+    backs off and sends `resend` again, first and in order. `reclaimed`: how many lines
+    counted as delivered by earlier writes are in `resend` (a program that exited without
+    reading them); negative when lines of this write did get through."""
 
-    @property
-    def failures(self) -> int:
-        """How many alerts this sink failed to deliver."""
-
-    def emit(self, alert: Alert) -> None:
-        """Deliver one alert; never raises (failures are counted and logged once)."""
-
-    def emit_many(self, alerts: list[Alert]) -> None:
-        """Deliver a batch in order, written out together (one write for a file or pipe)."""
-
-    def close(self) -> None: ...
+    def __init__(self, problem: str, resend: list[bytes], reclaimed: int = 0) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.resend = resend
+        self.reclaimed = reclaimed
 
 
-class Failures:
-    """Counts a sink's failures and logs the first one, so a dead receiver is
-    reported without flooding the log (or crashing the agent)."""
+class Refused(Exception):
+    """These alerts cannot be delivered, ever (a 4xx answer, a closed stdout): they are
+    counted as dropped and the sender goes on with the next ones."""
 
-    def __init__(self, sink: str) -> None:
-        self.sink = sink
-        self.count = 0
-
-    def record(self, problem: str) -> None:
-        self.count += 1
-        if self.count == 1:
-            log.warning(
-                "%s output failed: %s (further failures are counted, not logged)",
-                self.sink,
-                problem,
-            )
+    def __init__(self, problem: str, count: int) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.count = count
 
 
-class SinkBase:
-    """What every sink has in common: its failure count, and `emit` as a batch of one.
+class Writer(Protocol):
+    """One sink. `write` is called from the output's own sender thread, never from the
+    event loop, so it may block (a slow receiver only fills that output's queue)."""
 
-    Sinks that deliver one alert at a time (http, program) override `emit` instead.
-    """
+    label: str  # for the log: "http (http://…)"
+    batch: int  # most lines one write takes (1: one request or one program run per alert)
 
-    name = "sink"
+    def write(self, lines: list[bytes]) -> None:
+        """Deliver the lines in order, or raise Retry or Refused."""
 
-    def __init__(self, label: str) -> None:
-        self._failures = Failures(label)
+    def check(self) -> None:
+        """Called when the queue is idle: raise Retry if lines written earlier were lost
+        since (a program that exited with lines unread), so they are sent again."""
 
-    @property
-    def failures(self) -> int:
-        return self._failures.count
+    def abort(self) -> None:
+        """Unblock a write that hangs (kill the program, drop the connection): shutdown
+        calls it from another thread once the drain time is up."""
 
-    def emit(self, alert: Alert) -> None:
-        self.emit_many([alert])
-
-    def emit_many(self, alerts: list[Alert]) -> None:
-        for alert in alerts:
-            self.emit(alert)
+    def close(self) -> int:
+        """Release what it holds; returns how many written lines it knows were lost (a
+        program that exited without reading them)."""

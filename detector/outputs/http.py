@@ -1,65 +1,98 @@
-"""Each alert's JSON POSTed to a URL (falcosidekick's format is Falco's, so it
-takes these as is). A sender thread posts from a bounded queue, so a slow or dead
-receiver costs the detector nothing: failures and queue overflows are counted and
-logged once."""
+"""Each alert's JSON POSTed to a URL, one request per alert in order (falcosidekick's
+format is Falco's, so it takes these as is), over one kept-alive connection.
+
+A receiver that is down, times out or answers 5xx, 408 or 429 gets the same alert again
+after a backoff, and nothing after it is sent first; any other 4xx refuses that alert for
+good (it is counted as dropped).
+"""
 
 from __future__ import annotations
 
-import queue
-import threading
-import urllib.error
-import urllib.request
+import contextlib
+import http.client
+import socket
+import urllib.parse
 
-from detector.alerts import Alert
-from detector.outputs.base import SinkBase
+from detector.errors import ConfigError
+from detector.outputs.base import Refused, Retry
 
-_QUEUE_SIZE = 10_000
-_STOP = object()
+_TRANSIENT = {408, 429}
+_HEADERS = {"Content-Type": "application/json", "User-Agent": "podlock-detector"}
 
 
-class HttpSink(SinkBase):
-    # emit_many is SinkBase's: one POST per alert, as Falco's http_output does.
-    name = "http"
+class HttpWriter:
+    batch = 1
 
-    def __init__(self, url: str, timeout_s: float = 2.0, queue_size: int = _QUEUE_SIZE) -> None:
-        self._url = url
+    def __init__(self, url: str, timeout_s: float) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"http_output.url: {url!r} is not an http:// or https:// URL")
+        self.label = f"http ({url})"
+        self._https = parts.scheme == "https"
+        self._host, self._port = parts.hostname, parts.port
+        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._timeout = timeout_s
-        super().__init__(f"http ({url})")
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
-        self.sent = 0
-        self._thread = threading.Thread(target=self._run, name="podlock-http-output", daemon=True)
-        self._thread.start()
+        self._conn: http.client.HTTPConnection | None = None
 
-    def emit(self, alert: Alert) -> None:
-        try:
-            self._queue.put_nowait(alert.to_json_bytes())
-        except queue.Full:
-            self._failures.record(f"{self._queue.maxsize} alerts waiting; dropping")
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            self._conn = kind(self._host, self._port, timeout=self._timeout)
+        return self._conn
 
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            assert isinstance(item, bytes)
-            request = urllib.request.Request(
-                self._url,
-                data=item,
-                method="POST",
-                headers={"Content-Type": "application/json", "User-Agent": "podlock-detector"},
-            )
+    def write(self, lines: list[bytes]) -> None:
+        for i, body in enumerate(lines):
             try:
-                with urllib.request.urlopen(request, timeout=self._timeout) as resp:
-                    resp.read()
-                self.sent += 1
-            except (urllib.error.URLError, OSError, ValueError) as err:
-                # URLError covers HTTP error statuses too; ValueError a malformed URL.
-                self._failures.record(str(err))
+                status = self._post(body)
+            except (OSError, http.client.HTTPException) as err:
+                self._drop_connection()
+                raise Retry(_problem(err), lines[i:]) from None
+            if status >= 500 or status in _TRANSIENT:
+                raise Retry(f"the receiver answered {status}", lines[i:])
+            if status >= 300:
+                raise Refused(f"the receiver refused an alert with {status}", 1)
 
-    def close(self, timeout_s: float = 5.0) -> None:
-        """Send what is queued (for up to `timeout_s`), then stop the sender."""
+    def _post(self, body: bytes) -> int:
+        reused = self._conn is not None
         try:
-            self._queue.put(_STOP, timeout=timeout_s)
-        except queue.Full:
-            return
-        self._thread.join(timeout_s)
+            return self._exchange(body)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            if not reused:
+                raise
+            # the receiver closed the idle kept-alive connection: once more on a new one
+            self._drop_connection()
+            return self._exchange(body)
+
+    def _exchange(self, body: bytes) -> int:
+        conn = self._connection()
+        conn.request("POST", self._path, body=body, headers=_HEADERS)
+        resp = conn.getresponse()
+        resp.read()
+        if resp.will_close:
+            self._drop_connection()
+        return resp.status
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def check(self) -> None:
+        pass  # nothing written is lost afterwards
+
+    def abort(self) -> None:
+        conn = self._conn
+        if conn is not None and conn.sock is not None:
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> int:
+        self._drop_connection()
+        return 0
+
+
+def _problem(err: Exception) -> str:
+    if isinstance(err, TimeoutError | socket.timeout):
+        return "no answer within the timeout"
+    text = getattr(err, "strerror", None) or str(err) or type(err).__name__
+    return str(text)

@@ -3,34 +3,33 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import sys
-from typing import TextIO
+from typing import BinaryIO
 
-from detector.alerts import Alert
-from detector.outputs.base import ESCAPE_BYTES, Formatter, SinkBase
+from detector.outputs.base import Refused
 
 
-class StdoutSink(SinkBase):
-    name = "stdout"
+class StdoutWriter:
+    label = "stdout"
+    batch = 256
 
-    def __init__(self, fmt: Formatter, stream: TextIO | None = None) -> None:
-        self._fmt = fmt
-        self._stream = stream if stream is not None else sys.stdout
-        if isinstance(self._stream, io.TextIOWrapper):
-            self._stream.reconfigure(errors=ESCAPE_BYTES)
-        super().__init__(self.name)
+    def __init__(self, stream: BinaryIO | None = None) -> None:
+        self._stream = stream if stream is not None else sys.stdout.buffer
 
-    def emit_many(self, alerts: list[Alert]) -> None:
-        if not alerts:
-            return
+    def write(self, lines: list[bytes]) -> None:
         try:
-            self._stream.write("\n".join(map(self._fmt, alerts)) + "\n")
+            self._stream.write(b"\n".join(lines) + b"\n")
             self._stream.flush()
-        except (OSError, ValueError) as err:  # closed pipe or stream
-            for _ in alerts:
-                self._failures.record(str(err))
+        except (OSError, ValueError) as err:  # a closed pipe or stream stays closed
+            raise Refused(str(err) or type(err).__name__, len(lines)) from None
 
-    def close(self) -> None:
+    def check(self) -> None:
+        pass  # nothing written is lost afterwards
+
+    def abort(self) -> None:
+        pass  # a blocked stdout cannot be unblocked; the sender thread is a daemon
+
+    def close(self) -> int:
         with contextlib.suppress(OSError, ValueError):
             self._stream.flush()
+        return 0

@@ -658,7 +658,9 @@ def test_the_detector_daemonset(
     daemonset = only(objs, "DaemonSet", "podlock-detector")
     spec = pod_spec(objs, "DaemonSet", "podlock-detector")
     (container,) = spec["containers"]
-    assert container["command"] == ["podlock", "detect", "--json"]
+    assert container["command"] == ["podlock", "detect", "--json", "--metrics-bind", "0.0.0.0:8766"]
+    # the port a scraper finds is the one the agent listens on
+    assert container["ports"] == [{"name": "metrics", "containerPort": 8766, "protocol": "TCP"}]
     assert spec["hostPID"] is True
     assert container["securityContext"]["privileged"] is True
     assert {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in (

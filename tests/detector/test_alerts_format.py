@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import unicodedata
 
+import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from detector.alerts import Alert, Priority, clock_time
+from detector.alerts import Alert, Priority, clock_time, join_items, split_items
 
 ALERT = Alert(
     time_ns=1_790_000_123_000_000_042,
@@ -69,3 +74,94 @@ def test_priority_order() -> None:
     assert Priority.CRITICAL.at_least(Priority.ERROR)
     assert not Priority.NOTICE.at_least(Priority.WARNING)
     assert [p.value for p in Priority][:4] == ["Emergency", "Alert", "Critical", "Error"]
+
+
+# --- names chosen to break the outputs: newlines, escapes, separators, bytes not UTF-8 ------
+
+NASTY = [
+    b"/etc/a\nb",
+    b"/etc/x\n14:15:23.000000042: Critical Forged alert (user=root)",  # a forged line
+    b"/etc/\r\x1b[2J\x1b]0;title\x07clear",  # CR, ESC sequences, BEL
+    b"/etc/\x00\x01\x7f del and nul",
+    "/etc/c1 \u0085 \u009b31m".encode(),  # C1 controls (NEL, CSI) as UTF-8 characters
+    "/etc/\u202egnp.exe \u2028 sep".encode(),  # bidi override, line separator
+    b"/etc/ev\xffil \xc3\x28 \xed\xa0\x80",  # not UTF-8 at all
+    b"/etc/back\\slash\\n, comma",  # a literal backslash-n and the list separator
+]
+
+
+def _alert_with(name: bytes) -> Alert:
+    path = name.decode("utf-8", "surrogateescape")  # as decode() hands paths over
+    return ALERT._replace(output=f"Write (file={path})", output_fields={"fd.name": path})
+
+
+def unescape(text: str) -> bytes:
+    """The inverse of escape_text, written independently: C-style escapes back to bytes."""
+    out, i = bytearray(), 0
+    while i < len(text):
+        char = text[i]
+        if char != "\\":
+            out += char.encode()
+            i += 1
+            continue
+        kind = text[i + 1]
+        if kind in "\\nrt":
+            out += {"\\": b"\\", "n": b"\n", "r": b"\r", "t": b"\t"}[kind]
+            i += 2
+        elif kind == "x":
+            out.append(int(text[i + 2 : i + 4], 16))
+            i += 4
+        else:
+            assert kind == "u", text
+            out += chr(int(text[i + 2 : i + 6], 16)).encode()
+            i += 6
+    return bytes(out)
+
+
+@pytest.mark.parametrize("name", NASTY)
+def test_text_line_is_one_line_with_nothing_raw_and_decodes_back(name: bytes) -> None:
+    line = _alert_with(name).to_text()
+    assert line.isprintable(), line  # no control, separator or surrogate is left raw
+    assert len(line.splitlines()) == 1
+    assert not any(unicodedata.bidirectional(c) in _BIDI_CONTROLS for c in line)
+    line.encode("utf-8")  # strict: nothing left that is not UTF-8
+    assert unescape(line).endswith(b"(file=" + name + b")")
+
+
+_BIDI_CONTROLS = {"LRE", "RLE", "LRO", "RLO", "PDF", "LRI", "RLI", "FSI", "PDI"}
+
+
+@pytest.mark.parametrize("name", NASTY)
+def test_json_is_strict_json_and_carries_the_exact_bytes(name: bytes) -> None:
+    encoded = _alert_with(name).to_json_bytes()
+    doc = orjson.loads(encoded)  # strict: rejects lone surrogates
+    fields = doc["output_fields"]
+    try:
+        name.decode("utf-8")
+    except UnicodeDecodeError:
+        assert base64.b64decode(fields["fd.name.b64"]) == name
+        assert "\\xff" in fields["fd.name"] or "\\xed" in fields["fd.name"]
+    else:  # a UTF-8 name is carried as it is, Falco's shape untouched
+        assert fields == {"fd.name": name.decode()}
+        assert doc["output"].endswith(f"(file={name.decode()})")
+    assert b"\n" not in encoded
+
+
+@given(st.binary(max_size=40))
+def test_any_name_survives_text_and_json(name: bytes) -> None:
+    alert = _alert_with(name)
+    assert unescape(alert.to_text()).endswith(b"(file=" + name + b")")
+    fields = orjson.loads(alert.to_json_bytes())["output_fields"]
+    raw = base64.b64decode(fields["fd.name.b64"]) if "fd.name.b64" in fields else None
+    assert (raw if raw is not None else fields["fd.name"].encode()) == name
+
+
+@given(st.lists(st.text(alphabet=",\\ab\n")))
+def test_lists_in_a_field_split_back_exactly(items: list[str]) -> None:
+    joined = join_items(items)
+    assert split_items(joined) == (items if items != [""] else [])
+
+
+def test_plain_lists_read_as_before() -> None:
+    assert join_items(["/a/1", "/a/2"]) == "/a/1,/a/2"
+    assert join_items(["/a/x,y", "/a/b\\c"]) == "/a/x\\,y,/a/b\\\\c"

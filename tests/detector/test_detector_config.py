@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from detector.alerts import Priority
-from detector.config import default_rules_path, load_detector_settings
+from detector.config import OutputsQueue, default_rules_path, load_detector_settings
 from detector.errors import ConfigError
 
 RULE = "- rule: r\n  condition: proc.name = x\n  output: o\n  priority: notice\n"
@@ -42,6 +42,7 @@ file_output: {enabled: true, filename: /tmp/podlock.log, keep_alive: true}
 program_output: {enabled: true, program: "jq -c .", keep_alive: true}
 http_output: {enabled: true, url: "http://127.0.0.1:2801/", timeout: 0.5}
 rate_limit: {enabled: true, rate: 2, max_burst: 5, summary_interval: 30}
+outputs_queue: {capacity: 500, max_bytes: 1048576, max_retry_interval: 2.5}
 """
     )
     s = load_detector_settings(str(config), [], environ={})
@@ -55,6 +56,7 @@ rate_limit: {enabled: true, rate: 2, max_burst: 5, summary_interval: 30}
     assert (s.rate_limit.rate, s.rate_limit.max_burst, s.rate_limit.summary_interval_s) == (
         2.0, 5, 30.0
     )  # fmt: skip
+    assert s.outputs_queue == OutputsQueue(500, 1 << 20, 2.5)
 
 
 def test_cli_rules_replace_config_rules_file(tmp_path: Path) -> None:
@@ -78,6 +80,10 @@ ERRORS = [
     ("rate_limit: {rate: -1}\n", "key 'rate_limit.rate': must be a non-negative number"),
     ("rate_limit: {max_burst: 0}\n", "key 'rate_limit.max_burst': must be at least 1"),
     ("rate_limit: {max_burst: 2.5}\n", "key 'rate_limit.max_burst': must be a whole number"),
+    ("outputs_queue: {capacity: 0}\n", "key 'outputs_queue': capacity must be at least 1"),
+    ("outputs_queue: {max_bytes: 100}\n", "max_bytes at least 65536"),
+    ("outputs_queue: {size: 3}\n", "key 'outputs_queue.size': unknown key"),
+    ("outputs_queue: {max_retry_interval: 0}\n", "'outputs_queue.max_retry_interval': must be"),
     ("rules_file: [nosuch.yaml]\n", "key 'rules_file': "),
     ("rules_file: {a: b}\n", "key 'rules_file': must be a list of paths"),
     ("rule_matching: some\n", "key 'rule_matching': must be all or first"),

@@ -19,6 +19,7 @@ PURE = [
     "detector.engine",
     "detector.fields",
     "detector.k8s",
+    "detector.metrics",
     "detector.outputs",
     "detector.rules",
 ]
@@ -42,7 +43,8 @@ def test_importing_the_engine_side_loads_no_forbidden_module() -> None:
     sorted(
         str(p.relative_to(DETECTOR))
         for pattern in ("condition/*.py", "outputs/*.py", "engine.py", "rules.py", "fields.py",
-                        "config.py", "alerts.py", "ratelimit.py", "sessions.py", "k8s.py")
+                        "config.py", "alerts.py", "ratelimit.py", "sessions.py", "k8s.py",
+                        "metrics.py")
         for p in DETECTOR.glob(pattern)
     ),
 )  # fmt: skip
