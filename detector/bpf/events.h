@@ -7,6 +7,11 @@
  *
  * Only fixed-width types: this file is included by BPF C (with vmlinux.h) and by
  * a host C program in the layout test (with <stdint.h>).
+ *
+ * Paths: absolute inside the container's root, so they start with '/'. One too
+ * long for its field (PODLOCK_PATH_LEN - 1 bytes) is cut at the front: it starts
+ * with "…" (U+2026, 3 bytes of UTF-8) and keeps its end, from a '/' when there
+ * is one within reach, so the file's own name is always there.
  */
 #ifndef PODLOCK_EVENTS_H
 #define PODLOCK_EVENTS_H
@@ -29,7 +34,7 @@ enum podlock_session {
 };
 
 enum podlock_fs {
-	PODLOCK_FS_UNKNOWN = 0, /* path-only event: user space decides from the mount table */
+	PODLOCK_FS_UNKNOWN = 0, /* the directory fd was gone: user space decides from the mount table */
 	PODLOCK_FS_ROOTFS = 1,
 	PODLOCK_FS_VOLUME = 2,
 };
@@ -87,7 +92,7 @@ struct podlock_file_event {
 	__u8 op;      /* enum podlock_op */
 	__u8 fs;      /* enum podlock_fs */
 	__u8 _pad[6];
-	char path[PODLOCK_PATH_LEN];   /* absolute, inside the container's root */
+	char path[PODLOCK_PATH_LEN];   /* absolute, inside the container's root (or cut) */
 	char target[PODLOCK_PATH_LEN]; /* rename/link destination (absolute); symlink target (raw) */
 };
 

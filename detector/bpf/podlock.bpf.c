@@ -35,8 +35,16 @@ const volatile __u32 host_mnt_ns = 0;
 #define SB_RDONLY 1
 #define MNT_RDONLY 0x40
 
-#define MAX_DEPTH 40
-#define HALF 512 /* paths are built backwards in scratch.buf, ending here */
+#define HALF 256 /* paths are built backwards in scratch.buf, ending here */
+#define MAX_WALK 128 /* names walked up from a dentry: more than PODLOCK_PATH_LEN can hold */
+#define UPATH_LEN 4096 /* PATH_MAX: the longest path argument the kernel takes */
+#define MAX_COMPS 64 /* components of a path argument kept for the mount descent */
+#define MAX_MP_DEPTH 16 /* how deep below a directory a mount point is looked for */
+#define MAX_CHILDREN 256 /* mounts directly on one mount that are looked at */
+#define MAX_CROSSINGS 8 /* mounts crossed on the way down one path */
+/* Prefix of a path that was cut to fit: its tail is kept (the end names the file),
+ * from a '/' when there is one. "…" (U+2026): a whole path always starts with '/'. */
+#define CUT_MARK_LEN 3
 
 /* x86_64 syscall numbers of the file operations we report. */
 #define NR_open 2
@@ -91,10 +99,46 @@ struct {
 	__type(value, __u64);
 } drops SEC(".maps");
 
+/* The state of the mount descent (see path_fs), kept in the per-CPU scratch
+ * map rather than on the stack: the verifier then does not follow every value
+ * of its counters through the loops. */
+struct parse_ctx {
+	int len;   /* of s->upath */
+	int start; /* of the name being read */
+	int depth; /* names kept after folding */
+	int up;	   /* `..` above the start directory */
+};
+
+struct descend_ctx {
+	struct dentry *dentry; /* where the walk is */
+	struct mount *mnt;     /* and on which mount */
+	struct dentry *root_dentry;
+	struct mount *root_mnt;
+	int up;	      /* `..` still to take */
+	int i;	      /* names taken */
+	int n;	      /* names in the path */
+	int crossed;  /* a mount was crossed (a mount on top of its root is crossed too) */
+	struct list_head *head, *pos; /* the children of mnt being looked at */
+	struct mount *best;	      /* the child whose mount point the path reaches first */
+	int best_d;		      /* after this many names */
+};
+
+struct match_ctx {
+	int i, d;   /* the path's names i .. i+d-1 against s->chain[0, d), bottom up */
+	int at, len; /* the name being compared: where in s->upath, how long */
+	int ok;
+};
+
 struct scratch {
-	char buf[2 * HALF];
-	char rel[PODLOCK_PATH_LEN];
-	char name[128];
+	char buf[2 * HALF];	       /* a path being built: backwards up to HALF, then on */
+	char upath[UPATH_LEN + 256];   /* a path argument; the slack keeps masked reads inside */
+	char name[256 + 8];	       /* a dentry's or a cgroup's name */
+	__u16 comp[MAX_COMPS];	       /* the components of upath, `.` and `..` folded: offsets */
+	__u8 comp_len[MAX_COMPS];      /* and lengths */
+	struct dentry *chain[MAX_MP_DEPTH]; /* a mount point's dentries, bottom up */
+	struct parse_ctx parse;
+	struct descend_ctx descend;
+	struct match_ctx match;
 };
 
 struct {
@@ -200,7 +244,10 @@ struct walk_ctx {
 	struct vfsmount *vfsmnt;
 	struct dentry *root_dentry;
 	struct vfsmount *root_mnt;
-	int off;
+	int off;     /* where what is written so far starts */
+	int lo;	     /* nothing is written below this */
+	int prev[2]; /* where the two names written before the current first one start */
+	int done;    /* reached the root */
 };
 
 /* One step of the walk up to the task's root: a mount crossing or one name.
@@ -218,26 +265,34 @@ static long walk_step(__u32 i, void *data)
 
 	if (!s || off < 0 || off > HALF)
 		return 1;
-	if (dentry == c->root_dentry && vfsmnt == c->root_mnt)
+	if (dentry == c->root_dentry && vfsmnt == c->root_mnt) {
+		c->done = 1;
 		return 1;
+	}
 	if (dentry == BPF_CORE_READ(vfsmnt, mnt_root)) {
 		struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
 
-		if (up == mnt)
-			return 1; /* the global root: the task's root is not above us */
+		if (up == mnt) {
+			c->done = 1; /* the global root: the task's root is not above us */
+			return 1;
+		}
 		c->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
 		c->vfsmnt = (void *)up + bpf_core_field_offset(struct mount, mnt);
 		return 0;
 	}
 	parent = BPF_CORE_READ(dentry, d_parent);
-	if (parent == dentry)
+	if (parent == dentry) {
+		c->done = 1;
 		return 1;
+	}
 	len = BPF_CORE_READ(dentry, d_name.len);
 	name = BPF_CORE_READ(dentry, d_name.name);
 	if (len > 255)
 		len = 255;
-	if (off < (int)len + 1)
-		return 1; /* too deep for the buffer: keep the tail we have */
+	if (off - c->lo < (int)len + 1)
+		return 1; /* no room left: the path is cut here */
+	c->prev[1] = c->prev[0];
+	c->prev[0] = off;
 	off -= len;
 	bpf_probe_read_kernel(&s->buf[off & (HALF - 1)], len & 255, name);
 	off -= 1;
@@ -247,24 +302,48 @@ static long walk_step(__u32 i, void *data)
 	return 0;
 }
 
+static __always_inline void put_cut_mark(char *at)
+{
+	at[0] = 0xe2; /* U+2026 in UTF-8 */
+	at[1] = 0x80;
+	at[2] = 0xa6;
+}
+
 /*
  * Writes the path of (dentry, vfsmnt) as seen from the task's root backwards
- * into the scratch buffer, ending at HALF. Returns the start offset; HALF means
- * the root. Crosses mount points like d_path() does.
+ * into scratch.buf, ending at HALF, in at most `room` (>= CUT_MARK_LEN) bytes.
+ * Returns where it starts; HALF means the root. Crosses mount points like
+ * d_path() does. A path that does not fit keeps its last names behind the cut
+ * mark.
  */
-static __always_inline int walk_path(struct dentry *dentry, struct vfsmount *vfsmnt,
-				     struct dentry *root_dentry, struct vfsmount *root_mnt)
+static __noinline int dir_path(struct scratch *s, struct task_struct *task, struct dentry *dentry,
+			       struct vfsmount *vfsmnt, int room)
 {
 	struct walk_ctx c = {
 		.dentry = dentry,
 		.vfsmnt = vfsmnt,
-		.root_dentry = root_dentry,
-		.root_mnt = root_mnt,
+		.root_dentry = BPF_CORE_READ(task, fs, root.dentry),
+		.root_mnt = BPF_CORE_READ(task, fs, root.mnt),
 		.off = HALF,
+		.lo = HALF - room,
+		.prev = {HALF, HALF},
 	};
+	int start;
 
-	bpf_loop(MAX_DEPTH, walk_step, &c, 0);
-	return c.off;
+	bpf_loop(MAX_WALK, walk_step, &c, 0);
+	if (c.done)
+		return c.off;
+	/* cut: drop whole names from the front until the mark fits */
+	start = c.off;
+	if (start - c.lo < CUT_MARK_LEN)
+		start = c.prev[0];
+	if (start - c.lo < CUT_MARK_LEN)
+		start = c.prev[1];
+	if (start - c.lo < CUT_MARK_LEN)
+		start = HALF;
+	start -= CUT_MARK_LEN;
+	put_cut_mark(&s->buf[start & (HALF - 1)]);
+	return start;
 }
 
 static __always_inline struct file *fd_file(struct task_struct *task, long fd)
@@ -284,60 +363,328 @@ static __always_inline struct file *fd_file(struct task_struct *task, long fd)
 static __noinline void file_path(struct scratch *s, struct task_struct *task, struct file *f,
 				 char *out)
 {
-	int off = walk_path(BPF_CORE_READ(f, f_path.dentry), BPF_CORE_READ(f, f_path.mnt),
-			    BPF_CORE_READ(task, fs, root.dentry),
-			    BPF_CORE_READ(task, fs, root.mnt));
+	int off = dir_path(s, task, BPF_CORE_READ(f, f_path.dentry), BPF_CORE_READ(f, f_path.mnt),
+			   PODLOCK_PATH_LEN - 1);
 
 	s->buf[HALF] = 0;
 	if (off == HALF) {
 		off = HALF - 1;
 		s->buf[HALF - 1] = '/';
 	}
-	bpf_probe_read_kernel_str(out, PODLOCK_PATH_LEN, &s->buf[off & (HALF - 1)]);
+	bpf_probe_read_kernel_str(out, PODLOCK_PATH_LEN, &s->buf[off & (2 * HALF - 1)]);
+}
+
+struct slash_ctx {
+	int at;
+};
+
+static long slash_step(__u32 i, void *data)
+{
+	struct slash_ctx *c = data;
+	struct scratch *s = get_scratch();
+
+	if (!s)
+		return 1;
+	if (s->upath[(c->at + i) & (UPATH_LEN - 1)] != '/')
+		return 0;
+	c->at += i;
+	return 1;
+}
+
+/* The end of the path argument s->upath[0, len) into out, behind the cut mark:
+ * from its first '/' within the room, so that it starts with a whole name. */
+static __noinline void tail_path(struct scratch *s, int len, char *out)
+{
+	struct slash_ctx c = {.at = len - (PODLOCK_PATH_LEN - 1 - CUT_MARK_LEN)};
+
+	if (c.at < 0)
+		c.at = 0;
+	bpf_loop(len - 1 - c.at, slash_step, &c, 0);
+	put_cut_mark(out);
+	bpf_probe_read_kernel_str(out + CUT_MARK_LEN, PODLOCK_PATH_LEN - CUT_MARK_LEN,
+				  &s->upath[c.at & (UPATH_LEN - 1)]);
+}
+
+/* A path argument copied as it is (a symlink's target) into out, cut like a path. */
+static __noinline void raw_text(struct scratch *s, const char *upath, char *out)
+{
+	long n = bpf_probe_read_user_str(s->upath, UPATH_LEN, upath);
+
+	if (n <= 0)
+		out[0] = 0;
+	else if (n <= PODLOCK_PATH_LEN)
+		bpf_probe_read_kernel_str(out, PODLOCK_PATH_LEN, s->upath);
+	else
+		tail_path(s, n - 1, out);
+}
+
+/* ---- which mount a path argument lands on --------------------------------
+ *
+ * The kernel walks a path argument from the root, the cwd or a directory fd,
+ * crossing into a mount wherever a name it reaches is a mount point. Done
+ * again here without the dcache (BPF cannot look names up): the names of the
+ * argument, `.` and `..` folded, are matched against the mount points below
+ * the start directory, found from the mount side (each mount's children and
+ * the dentries above their mount points). Only the mount is needed, so the
+ * depth of the path does not matter; the mount points must lie within
+ * MAX_MP_DEPTH names of where the walk is.
+ */
+
+
+static long parse_step(__u32 i, void *data)
+{
+	struct scratch *s = get_scratch();
+	struct parse_ctx *c;
+	int start, n;
+
+	if (!s)
+		return 1;
+	c = &s->parse;
+	start = c->start;
+	n = i - start;
+	if ((int)i < c->len && s->upath[i & (UPATH_LEN - 1)] != '/')
+		return 0;
+	c->start = i + 1;
+	if (n == 0 || (n == 1 && s->upath[start & (UPATH_LEN - 1)] == '.'))
+		return 0;
+	if (n == 2 && s->upath[start & (UPATH_LEN - 1)] == '.' &&
+	    s->upath[(start + 1) & (UPATH_LEN - 1)] == '.') {
+		if (c->depth > 0)
+			c->depth--;
+		else
+			c->up++;
+		return 0;
+	}
+	if (c->depth < MAX_COMPS) {
+		s->comp[c->depth & (MAX_COMPS - 1)] = start;
+		s->comp_len[c->depth & (MAX_COMPS - 1)] = n > 255 ? 255 : n;
+	}
+	c->depth++;
+	return 0;
+}
+
+
+static __always_inline struct mount *real_mount(struct vfsmount *vfsmnt)
+{
+	return (void *)vfsmnt - bpf_core_field_offset(struct mount, mnt);
+}
+
+/* One `..` at the start: to the parent, or out of a mount root (follow_dotdot). */
+static long up_step(__u32 i, void *data)
+{
+	struct scratch *s = get_scratch();
+	struct descend_ctx *c;
+	struct dentry *dentry;
+	struct mount *mnt, *parent;
+
+	if (!s)
+		return 1;
+	c = &s->descend;
+	dentry = c->dentry;
+	mnt = c->mnt;
+	if (c->up <= 0 || (dentry == c->root_dentry && mnt == c->root_mnt))
+		return 1;
+	if (dentry == BPF_CORE_READ(mnt, mnt.mnt_root)) {
+		parent = BPF_CORE_READ(mnt, mnt_parent);
+		if (parent == mnt)
+			return 1;
+		c->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
+		c->mnt = parent;
+		return 0;
+	}
+	c->dentry = BPF_CORE_READ(dentry, d_parent);
+	c->up--;
+	return 0;
+}
+
+
+/* Eight bytes of a name of the path against the same of s->name. */
+static long word_step(__u32 w, void *data)
+{
+	struct scratch *s = get_scratch();
+	struct match_ctx *c;
+	__u64 a, b, mask = ~0ULL;
+	int left;
+
+	if (!s)
+		return 1;
+	c = &s->match;
+	left = c->len - (int)w * 8;
+	if (left < 8)
+		mask = (1ULL << ((left & 7) * 8)) - 1;
+	a = *(__u64 *)&s->name[(w * 8) & 255];
+	b = *(__u64 *)&s->upath[(c->at + w * 8) & (UPATH_LEN - 1)];
+	if ((a ^ b) & mask) {
+		c->ok = 0;
+		return 1;
+	}
+	return 0;
+}
+
+/* One name of a mount point's chain against one name of the path. */
+static long match_step(__u32 k, void *data)
+{
+	struct scratch *s = get_scratch();
+	struct match_ctx *c;
+	struct dentry *x;
+
+	if (!s)
+		return 1;
+	c = &s->match;
+	x = s->chain[(c->d - 1 - k) & (MAX_MP_DEPTH - 1)];
+	c->at = s->comp[(c->i + k) & (MAX_COMPS - 1)];
+	c->len = s->comp_len[(c->i + k) & (MAX_COMPS - 1)];
+	if (BPF_CORE_READ(x, d_name.len) != c->len) {
+		c->ok = 0;
+		return 1;
+	}
+	bpf_probe_read_kernel(s->name, c->len & 255, BPF_CORE_READ(x, d_name.name));
+	bpf_loop(((__u32)c->len + 7) / 8, word_step, NULL, 0);
+	return !c->ok;
+}
+
+/* One child mount of c->mnt, or (at the end of the list) one crossing. */
+static long child_step(__u32 i, void *data)
+{
+	struct scratch *s = get_scratch();
+	struct descend_ctx *c;
+	struct mount *mnt, *best, *child;
+	struct list_head *pos;
+	struct dentry *x, *mnt_root;
+	int d = 0;
+
+	if (!s)
+		return 1;
+	c = &s->descend;
+	mnt = c->mnt;
+	best = c->best;
+	pos = c->pos;
+	if (pos == c->head) {
+		if (!best)
+			return 1; /* no mount point on the rest of the path */
+		c->mnt = best;
+		c->dentry = BPF_CORE_READ(best, mnt.mnt_root);
+		c->i += c->best_d;
+		c->crossed = 1;
+		c->best = NULL;
+		c->best_d = MAX_MP_DEPTH + 1;
+		c->head = (void *)best + bpf_core_field_offset(struct mount, mnt_mounts);
+		c->pos = BPF_CORE_READ(best, mnt_mounts.next);
+		return 0;
+	}
+	child = (void *)pos - bpf_core_field_offset(struct mount, mnt_child);
+	c->pos = BPF_CORE_READ(pos, next);
+	/* the dentries from its mount point up to where the walk is */
+	x = BPF_CORE_READ(child, mnt_mountpoint);
+	mnt_root = BPF_CORE_READ(mnt, mnt.mnt_root);
+	for (int k = 0; k < MAX_MP_DEPTH; k++) {
+		if (x == c->dentry || x == mnt_root)
+			break;
+		s->chain[k & (MAX_MP_DEPTH - 1)] = x;
+		x = BPF_CORE_READ(x, d_parent);
+		d++;
+	}
+	if (x != c->dentry || (d == 0 && !c->crossed))
+		return 0; /* not below it (the start directory itself is never crossed) */
+	if (d >= c->best_d || c->i + d > c->n || c->i + d > MAX_COMPS)
+		return 0;
+	s->match.i = c->i;
+	s->match.d = d;
+	s->match.ok = 1;
+	bpf_loop(d, match_step, NULL, 0);
+	if (s->match.ok) {
+		c->best = child;
+		c->best_d = d;
+	}
+	return 0;
 }
 
 /*
- * A path argument made absolute: relative paths are joined to the directory of
- * dfd (or the cwd), resolved in the kernel because short-lived processes like
- * tar are gone before user space could read /proc/PID/cwd. "." and ".." are
- * left for user space to normalise.
+ * The mount the path argument in s->upath[0, len) lands on, walked from
+ * (dentry, vfsmnt): rootfs if it is the task's root mount, else volume.
  */
-static __noinline void user_path(struct scratch *s, struct task_struct *task, long dfd,
+static __noinline __u8 path_fs(struct scratch *s, struct task_struct *task, struct dentry *dentry,
+			       struct vfsmount *vfsmnt, int len)
+{
+	struct parse_ctx *p = &s->parse;
+	struct descend_ctx *c = &s->descend;
+	struct mount *mnt = real_mount(vfsmnt);
+
+	p->len = len;
+	p->start = p->depth = p->up = 0;
+	bpf_loop(len + 1, parse_step, NULL, 0);
+	c->dentry = dentry;
+	c->mnt = mnt;
+	c->root_dentry = BPF_CORE_READ(task, fs, root.dentry);
+	c->root_mnt = real_mount(BPF_CORE_READ(task, fs, root.mnt));
+	c->up = p->up;
+	c->i = c->crossed = 0;
+	c->n = p->depth;
+	if (c->up > 0)
+		bpf_loop(MAX_CROSSINGS + (c->up & (UPATH_LEN - 1)), up_step, NULL, 0);
+	mnt = c->mnt;
+	c->best = NULL;
+	c->best_d = MAX_MP_DEPTH + 1;
+	c->head = (void *)mnt + bpf_core_field_offset(struct mount, mnt_mounts);
+	c->pos = BPF_CORE_READ(mnt, mnt_mounts.next);
+	bpf_loop(MAX_CROSSINGS * MAX_CHILDREN, child_step, NULL, 0);
+	return c->mnt == c->root_mnt ? PODLOCK_FS_ROOTFS : PODLOCK_FS_VOLUME;
+}
+
+/*
+ * A path argument made absolute into out, and the mount it lands on (the
+ * return value): relative paths are joined to the directory of dfd (or the
+ * cwd), resolved in the kernel because short-lived processes like tar are gone
+ * before user space could read /proc/PID/cwd. "." and ".." are left in the
+ * text for user space to fold.
+ */
+static __noinline __u8 user_path(struct scratch *s, struct task_struct *task, long dfd,
 				 const char *upath, char *out)
 {
+	long n = bpf_probe_read_user_str(s->upath, UPATH_LEN, upath);
 	struct dentry *dentry;
 	struct vfsmount *vfsmnt;
-	int off;
+	__u8 fs;
+	int len, off;
 
-	if (bpf_probe_read_user_str(s->rel, sizeof(s->rel), upath) <= 0) {
-		out[0] = 0;
-		return;
-	}
-	if (s->rel[0] == '/') {
-		bpf_probe_read_kernel_str(out, PODLOCK_PATH_LEN, s->rel);
-		return;
-	}
-	if ((int)dfd == AT_FDCWD) {
+	out[0] = 0;
+	if (n <= 1)
+		return PODLOCK_FS_UNKNOWN;
+	len = n - 1;
+	if (s->upath[0] == '/') {
+		dentry = BPF_CORE_READ(task, fs, root.dentry);
+		vfsmnt = BPF_CORE_READ(task, fs, root.mnt);
+	} else if ((int)dfd == AT_FDCWD) {
 		dentry = BPF_CORE_READ(task, fs, pwd.dentry);
 		vfsmnt = BPF_CORE_READ(task, fs, pwd.mnt);
 	} else {
 		struct file *f = fd_file(task, (int)dfd);
 
-		if (!f) {
-			bpf_probe_read_kernel_str(out, PODLOCK_PATH_LEN, s->rel);
-			return;
+		if (!f) { /* closed meanwhile: the bare argument */
+			raw_text(s, upath, out);
+			return PODLOCK_FS_UNKNOWN;
 		}
 		dentry = BPF_CORE_READ(f, f_path.dentry);
 		vfsmnt = BPF_CORE_READ(f, f_path.mnt);
 	}
-	off = walk_path(dentry, vfsmnt, BPF_CORE_READ(task, fs, root.dentry),
-			BPF_CORE_READ(task, fs, root.mnt));
+	fs = path_fs(s, task, dentry, vfsmnt, len);
+	if (s->upath[0] == '/') {
+		if (len < PODLOCK_PATH_LEN)
+			bpf_probe_read_kernel_str(out, PODLOCK_PATH_LEN, s->upath);
+		else
+			tail_path(s, len, out);
+		return fs;
+	}
+	/* the directory's path, then '/' and the argument */
+	if (PODLOCK_PATH_LEN - 2 - len < CUT_MARK_LEN) {
+		tail_path(s, len, out);
+		return fs;
+	}
+	off = dir_path(s, task, dentry, vfsmnt, PODLOCK_PATH_LEN - 2 - len);
 	s->buf[HALF] = '/';
-	bpf_probe_read_kernel_str(&s->buf[HALF + 1], PODLOCK_PATH_LEN, s->rel);
-	if (off == HALF)
-		bpf_probe_read_kernel_str(out, PODLOCK_PATH_LEN, &s->buf[HALF]);
-	else
-		bpf_probe_read_kernel_str(out, PODLOCK_PATH_LEN, &s->buf[off & (HALF - 1)]);
+	bpf_probe_read_kernel_str(&s->buf[HALF + 1], PODLOCK_PATH_LEN, s->upath);
+	bpf_probe_read_kernel_str(out, PODLOCK_PATH_LEN, &s->buf[off & (2 * HALF - 1)]);
+	return fs;
 }
 
 static __always_inline int is_regular(struct file *f)
@@ -548,7 +895,7 @@ int BPF_PROG(on_cgroup_mkdir, struct cgroup *cgrp, const char *path)
 
 	if (!s || !on_dfl_hierarchy(cgrp))
 		return 0;
-	if (bpf_probe_read_kernel_str(s->name, sizeof(s->name), BPF_CORE_READ(cgrp, kn, name)) <= 0)
+	if (bpf_probe_read_kernel_str(s->name, 128, BPF_CORE_READ(cgrp, kn, name)) <= 0)
 		return 0;
 	if (!looks_like_container())
 		return 0;
@@ -578,87 +925,75 @@ int BPF_PROG(on_cgroup_rmdir, struct cgroup *cgrp, const char *path)
 
 /* ---- file operations ---------------------------------------------------- */
 
-static __noinline int file_event(struct pt_regs *regs, long nr, long ret,
+/* A reported call's operation and flags, from the syscall number and the
+ * registers alone: no map lookup and no user memory read. 0 = not reported. */
+static __always_inline __u8 file_op(struct pt_regs *regs, long nr, __u32 *flags)
+{
+	switch (nr) {
+	case NR_open:
+		*flags = regs->si;
+		return PODLOCK_OP_OPEN;
+	case NR_creat:
+		*flags = 01 | O_CREAT | O_TRUNC;
+		return PODLOCK_OP_OPEN;
+	case NR_openat:
+		*flags = regs->dx;
+		return PODLOCK_OP_OPEN;
+	case NR_openat2:
+		*flags = O_ACCMODE; /* (the real flags are in user memory: read later) */
+		return PODLOCK_OP_OPEN;
+	case NR_rename:
+	case NR_renameat:
+	case NR_renameat2:
+		return PODLOCK_OP_RENAME;
+	case NR_unlink:
+		return PODLOCK_OP_UNLINK;
+	case NR_unlinkat:
+		return regs->dx & AT_REMOVEDIR ? 0 : PODLOCK_OP_UNLINK;
+	case NR_mkdir:
+		*flags = regs->si;
+		return PODLOCK_OP_MKDIR;
+	case NR_mkdirat:
+		*flags = regs->dx;
+		return PODLOCK_OP_MKDIR;
+	case NR_link:
+	case NR_linkat:
+		return PODLOCK_OP_LINK;
+	case NR_symlink:
+	case NR_symlinkat:
+		return PODLOCK_OP_SYMLINK;
+	case NR_chmod:
+	case NR_fchmod:
+		*flags = regs->si;
+		return PODLOCK_OP_CHMOD;
+	case NR_fchmodat:
+	case NR_fchmodat2:
+		*flags = regs->dx;
+		return PODLOCK_OP_CHMOD;
+	}
+	return 0;
+}
+
+static __noinline int file_event(struct pt_regs *regs, long nr, long ret, __u32 flags,
 				 struct podlock_label *lbl)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct scratch *s = get_scratch();
 	struct podlock_file_event *ev;
-	unsigned long a0 = BPF_CORE_READ(regs, di), a1 = BPF_CORE_READ(regs, si);
-	unsigned long a2 = BPF_CORE_READ(regs, dx), a3 = BPF_CORE_READ(regs, r10);
-	__u32 flags = 0;
+	unsigned long a0 = regs->di, a1 = regs->si, a2 = regs->dx, a3 = regs->r10;
 	__u8 op;
 
 	if (!s)
 		return 0;
-	/* decide first whether this call is reported at all */
-	switch (nr) {
-	case NR_open:
-		flags = a1;
-		op = PODLOCK_OP_OPEN;
-		break;
-	case NR_creat:
-		flags = 01 | O_CREAT | O_TRUNC;
-		op = PODLOCK_OP_OPEN;
-		break;
-	case NR_openat:
-		flags = a2;
-		op = PODLOCK_OP_OPEN;
-		break;
-	case NR_openat2: {
+	op = file_op(regs, nr, &flags);
+	if (nr == NR_openat2) {
 		__u64 how_flags = 0;
 
 		bpf_probe_read_user(&how_flags, sizeof(how_flags), (void *)a2);
 		flags = how_flags;
-		op = PODLOCK_OP_OPEN;
-		break;
+		if (!(flags & (O_ACCMODE | O_CREAT | O_TRUNC)))
+			return 0; /* read-only open */
 	}
-	case NR_rename:
-	case NR_renameat:
-	case NR_renameat2:
-		op = PODLOCK_OP_RENAME;
-		break;
-	case NR_unlink:
-		op = PODLOCK_OP_UNLINK;
-		break;
-	case NR_unlinkat:
-		if (a2 & AT_REMOVEDIR)
-			return 0;
-		op = PODLOCK_OP_UNLINK;
-		break;
-	case NR_mkdir:
-		flags = a1;
-		op = PODLOCK_OP_MKDIR;
-		break;
-	case NR_mkdirat:
-		flags = a2;
-		op = PODLOCK_OP_MKDIR;
-		break;
-	case NR_link:
-	case NR_linkat:
-		op = PODLOCK_OP_LINK;
-		break;
-	case NR_symlink:
-	case NR_symlinkat:
-		op = PODLOCK_OP_SYMLINK;
-		break;
-	case NR_chmod:
-	case NR_fchmod:
-		flags = a1;
-		op = PODLOCK_OP_CHMOD;
-		break;
-	case NR_fchmodat:
-	case NR_fchmodat2:
-		flags = a2;
-		op = PODLOCK_OP_CHMOD;
-		break;
-	default:
-		return 0;
-	}
-	if (op == PODLOCK_OP_OPEN && !(flags & (O_ACCMODE | O_CREAT | O_TRUNC)))
-		return 0; /* read-only open */
-	if (op == PODLOCK_OP_CHMOD && !(flags & 0111))
-		return 0; /* only modes that make something executable */
 
 	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (!ev) {
@@ -690,9 +1025,9 @@ static __noinline int file_event(struct pt_regs *regs, long nr, long ret,
 			ev->fs = fs_of(task, f);
 			file_path(s, task, f, ev->path);
 		} else if (nr == NR_open || nr == NR_creat) {
-			user_path(s, task, AT_FDCWD, (const char *)a0, ev->path);
+			ev->fs = user_path(s, task, AT_FDCWD, (const char *)a0, ev->path);
 		} else {
-			user_path(s, task, a0, (const char *)a1, ev->path);
+			ev->fs = user_path(s, task, a0, (const char *)a1, ev->path);
 		}
 		break;
 	case NR_fchmod:
@@ -707,32 +1042,33 @@ static __noinline int file_event(struct pt_regs *regs, long nr, long ret,
 			file_path(s, task, f, ev->path);
 		}
 		break;
+	/* rename and link: both paths are on one mount, or the call failed (EXDEV) */
 	case NR_rename:
 	case NR_link:
-		user_path(s, task, AT_FDCWD, (const char *)a0, ev->path);
+		ev->fs = user_path(s, task, AT_FDCWD, (const char *)a0, ev->path);
 		user_path(s, task, AT_FDCWD, (const char *)a1, ev->target);
 		break;
 	case NR_renameat:
 	case NR_renameat2:
 	case NR_linkat:
-		user_path(s, task, a0, (const char *)a1, ev->path);
+		ev->fs = user_path(s, task, a0, (const char *)a1, ev->path);
 		user_path(s, task, a2, (const char *)a3, ev->target);
 		break;
 	case NR_symlink:
-		user_path(s, task, AT_FDCWD, (const char *)a1, ev->path);
-		bpf_probe_read_user_str(ev->target, sizeof(ev->target), (const char *)a0);
+		ev->fs = user_path(s, task, AT_FDCWD, (const char *)a1, ev->path);
+		raw_text(s, (const char *)a0, ev->target);
 		break;
 	case NR_symlinkat:
-		user_path(s, task, a1, (const char *)a2, ev->path);
-		bpf_probe_read_user_str(ev->target, sizeof(ev->target), (const char *)a0);
+		ev->fs = user_path(s, task, a1, (const char *)a2, ev->path);
+		raw_text(s, (const char *)a0, ev->target);
 		break;
 	case NR_unlink:
 	case NR_mkdir:
 	case NR_chmod:
-		user_path(s, task, AT_FDCWD, (const char *)a0, ev->path);
+		ev->fs = user_path(s, task, AT_FDCWD, (const char *)a0, ev->path);
 		break;
 	default: /* unlinkat, mkdirat, fchmodat, fchmodat2 */
-		user_path(s, task, a0, (const char *)a1, ev->path);
+		ev->fs = user_path(s, task, a0, (const char *)a1, ev->path);
 		break;
 	}
 	bpf_ringbuf_submit(ev, file_wakeup());
@@ -742,26 +1078,25 @@ static __noinline int file_event(struct pt_regs *regs, long nr, long ret,
 SEC("tp_btf/sys_exit")
 int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 {
-	long nr = regs->orig_ax; /* a direct BTF load: no helper call on every syscall */
-	__u32 tgid;
+	long nr = regs->orig_ax; /* direct BTF loads: no helper call on every syscall */
+	__u32 tgid, flags = 0;
 	struct podlock_label *lbl;
+	__u8 op;
 
-	/* cheapest test first: most syscalls are not file operations we report */
-	switch (nr) {
-	case NR_open: case NR_creat: case NR_openat: case NR_openat2:
-	case NR_rename: case NR_renameat: case NR_renameat2:
-	case NR_unlink: case NR_unlinkat: case NR_mkdir: case NR_mkdirat:
-	case NR_link: case NR_linkat: case NR_symlink: case NR_symlinkat:
-	case NR_chmod: case NR_fchmod: case NR_fchmodat: case NR_fchmodat2:
-		break;
-	default:
+	/* cheapest tests first: most syscalls are not file operations we report,
+	 * most opens only read, and most processes are the host's */
+	op = file_op(regs, nr, &flags);
+	if (!op)
 		return 0;
-	}
+	if (op == PODLOCK_OP_OPEN && !(flags & (O_ACCMODE | O_CREAT | O_TRUNC)))
+		return 0; /* read-only open */
+	if (op == PODLOCK_OP_CHMOD && !(flags & 0111))
+		return 0; /* only modes that make something executable */
 	if (ret < 0 && ret != -EROFS && ret != -EACCES)
 		return 0; /* other failures changed nothing and refused nothing */
 	tgid = bpf_get_current_pid_tgid() >> 32;
 	lbl = bpf_map_lookup_elem(&procs, &tgid);
 	if (!lbl)
 		return 0; /* the host */
-	return file_event(regs, nr, ret, lbl);
+	return file_event(regs, nr, ret, flags, lbl);
 }
