@@ -69,6 +69,7 @@ class Policy:
 
     service: str
     namespace: str
+    hosts: tuple[str, ...] = ()  # extra names or IP addresses, for a webhook called by URL
     ca_validity: timedelta = CA_VALIDITY
     serving_validity: timedelta = SERVING_VALIDITY
     trust_delay: timedelta = TRUST_DELAY
@@ -190,13 +191,13 @@ def _serving_problem(
         return "the stored one is not signed by the signing CA"
     if _due(serving.cert, now):
         return "the stored one has a third of its life left"
-    wanted = set(subject_alt_names(policy.service, policy.namespace, ()))
+    wanted = set(subject_alt_names(policy.service, policy.namespace, policy.hosts))
     try:
         names = serving.cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         return "the stored one names no host"
     if set(names.value) != wanted:
-        return f"the stored one does not name exactly service {policy.service}.{policy.namespace}"
+        return "the stored one does not carry exactly the names wanted"
     return None
 
 
@@ -208,7 +209,9 @@ def _new_ca(now: datetime, policy: Policy) -> _Pair:
 def _new_serving(ca: _Pair, now: datetime, policy: Policy) -> _Pair:
     # Never past the CA's own end: a certificate its issuer outlives nobody would verify.
     validity = min(policy.serving_validity, _not_after(ca.cert) - now)
-    pem = generate_serving(ca.pem, policy.service, policy.namespace, now=now, validity=validity)
+    pem = generate_serving(
+        ca.pem, policy.service, policy.namespace, policy.hosts, now=now, validity=validity
+    )
     return _Pair(pem, x509.load_pem_x509_certificate(pem.cert))
 
 
