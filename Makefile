@@ -13,7 +13,7 @@ CERTS := .certs
 # compiled admission path, the eBPF toolchain, and container runtimes for the detector's
 # end-to-end tests; the benchmarks also need a load tool.
 APT_PACKAGES := python3-venv python3-dev gcc clang llvm libbpf-dev bpftool runc containerd \
-	busybox-static umoci
+	busybox-static umoci containernetworking-plugins
 BENCH_APT_PACKAGES := wrk
 
 BPF_DIR := detector/bpf
@@ -30,7 +30,7 @@ MYPYC_BUILD := import sys; from mypyc.build import mypycify; from setuptools imp
 	"--build-temp", "build/mypyc"], ext_modules=mypycify(sys.argv[1:], group_name="webhook._compiled"))
 
 .PHONY: run test lint typecheck unit bench bpf compile system-deps bench-deps venv clean \
-	helm-deps deploy-manifests
+	cluster-deps helm-deps deploy-manifests
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,39 @@ system-deps:
 
 bench-deps:
 	$(call apt_install,$(BENCH_APT_PACKAGES))
+
+# The integration cluster's binaries (tests/cluster): Kubernetes and etcd built from the Go module
+# proxy at the versions their wrapper modules pin, into a cache outside the checkout keyed by
+# version, so a clean clone reuses them and only a version change rebuilds (the first build takes
+# about 15 minutes on 2 cores; later ones reuse Go's build cache). A failed build fails make.
+CLUSTER_MODULES := tests/cluster
+K8S_VERSION := $(shell awk '$$1 == "require" && $$2 == "k8s.io/kubernetes" {print $$3}' $(CLUSTER_MODULES)/k8s/go.mod)
+ETCD_VERSION := $(shell awk '$$1 == "require" && $$2 == "go.etcd.io/etcd/server/v3" {print $$3}' $(CLUSTER_MODULES)/etcd/go.mod)
+CLUSTER_CACHE := $(HOME)/.cache/podlock
+K8S_BIN := $(CLUSTER_CACHE)/k8s-$(K8S_VERSION)
+ETCD_BIN := $(CLUSTER_CACHE)/etcd-$(ETCD_VERSION)
+K8S_COMMANDS := kube-apiserver kube-controller-manager kube-scheduler kubelet
+K8S_VERSION_PARTS := $(subst ., ,$(K8S_VERSION:v%=%))
+K8S_LDFLAGS := -s -w -X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
+	-X k8s.io/component-base/version.gitMajor=$(word 1,$(K8S_VERSION_PARTS)) \
+	-X k8s.io/component-base/version.gitMinor=$(word 2,$(K8S_VERSION_PARTS)) \
+	-X k8s.io/component-base/version.gitTreeState=clean
+
+cluster-deps: system-deps
+	@test -n "$(K8S_VERSION)" -a -n "$(ETCD_VERSION)" || { echo "cannot read the versions from $(CLUSTER_MODULES)/*/go.mod"; exit 1; }
+	@if ! (cd $(K8S_BIN) 2>/dev/null && ls $(K8S_COMMANDS) >/dev/null 2>&1); then \
+	  echo "building Kubernetes $(K8S_VERSION) into $(K8S_BIN)"; \
+	  rm -rf $(K8S_BIN).tmp && mkdir -p $(K8S_BIN).tmp && \
+	  (cd $(CLUSTER_MODULES)/k8s && go build -trimpath -ldflags '$(K8S_LDFLAGS)' -o $(K8S_BIN).tmp/ \
+	    $(addprefix k8s.io/kubernetes/cmd/,$(K8S_COMMANDS))) && \
+	  rm -rf $(K8S_BIN) && mv $(K8S_BIN).tmp $(K8S_BIN); \
+	fi
+	@if ! test -x $(ETCD_BIN)/etcd; then \
+	  echo "building etcd $(ETCD_VERSION) into $(ETCD_BIN)"; \
+	  rm -rf $(ETCD_BIN).tmp && mkdir -p $(ETCD_BIN).tmp && \
+	  (cd $(CLUSTER_MODULES)/etcd && go build -trimpath -ldflags '-s -w' -o $(ETCD_BIN).tmp/etcd .) && \
+	  rm -rf $(ETCD_BIN) && mv $(ETCD_BIN).tmp $(ETCD_BIN); \
+	fi
 
 # Helm for the deploy tests (helm lint, helm template): built from the Go module proxy at the
 # version tests/helm/go.mod pins, into a cache outside the checkout keyed by that version, so
@@ -102,10 +135,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) bpf compile
+unit: $(STAMP) bpf compile cluster-deps
 	PODLOCK_COMPILED=1 $(BIN)/pytest
 
-test: system-deps $(STAMP) bpf compile lint typecheck unit
+test: system-deps cluster-deps $(STAMP) bpf compile lint typecheck unit
 
 # Development certificates (git-ignored) on first run, then the webhook on https://127.0.0.1:8443.
 run: system-deps $(STAMP) compile

@@ -1,0 +1,42 @@
+"""The integration cluster, one per test session: tests anywhere under tests/cluster/ that take
+the `cluster` fixture share it. A failed test's report ends with every component's log."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cluster import Cluster, ClusterError
+
+_running: list[Cluster] = []
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    if os.geteuid() != 0:
+        # a failure, not a skip: a skipped cluster test would pass CI while proving nothing
+        pytest.fail("the integration cluster needs root (containerd, kubelet): run as root")
+    try:
+        started = Cluster.start(tmp_path_factory.mktemp("cluster"))
+    except ClusterError as err:
+        pytest.fail(f"the test cluster did not start: {err}", pytrace=False)
+    _running.append(started)
+    try:
+        yield started
+    finally:
+        _running.remove(started)
+        started.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    report = yield
+    if report.failed and _running and "cluster" in getattr(item, "fixturenames", ()):
+        report.sections.append(("cluster component logs", _running[0].failure_report()))
+    return report
