@@ -202,7 +202,9 @@ def _serving_problem(
 
 
 def _new_ca(now: datetime, policy: Policy) -> _Pair:
-    pem = generate_ca(now=now, validity=policy.ca_validity)
+    # The date in the name tells the CAs of a rotation apart (openssl x509 -subject).
+    name = f"podlock webhook CA {now:%Y-%m-%dT%H:%M:%SZ}"
+    pem = generate_ca(now=now, common_name=name, validity=policy.ca_validity)
     return _Pair(pem, x509.load_pem_x509_certificate(pem.cert))
 
 

@@ -243,13 +243,9 @@ def _serve_beside_keeper(keeper: Keeper, args: argparse.Namespace, serve: Callab
     from certs.keeper import KeeperError
 
     pid = os.fork()
-    if pid == 0:  # gunicorn's master
-        code = 1
-        try:
-            ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # never outlive the keeper
-            code = serve()
-        finally:
-            os._exit(code)
+    if pid == 0:  # gunicorn's master (and, forked from it, its workers): exits as usual
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # never outlive the keeper
+        return serve()
     for signum in FORWARDED_SIGNALS:
         signal.signal(signum, lambda signum, _frame: os.kill(pid, signum))
     log = logging.getLogger("podlock.certs")
