@@ -34,7 +34,10 @@ from cluster import Cluster, free_port, wait_until
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
-from deploy_render import template
+from deploy_render import CHART, helm, template
+
+from certs.keeper import Keeper, Target, api_client
+from certs.rotation import Policy
 
 NAMESPACE = "podlock-system"
 GOVERNED = "certs-self-managed"
@@ -215,10 +218,22 @@ def start_replica(name: str, workdir: Path, kubeconfig: Path, port: int) -> Repl
 
 
 @pytest.fixture
-def replicas(cluster: Cluster, tmp_path: Path) -> Iterator[tuple[Replica, Replica]]:
-    ports = {kind: free_port() for kind in KINDS}
+def chart_rbac(cluster: Cluster) -> Iterator[None]:
+    """The chart's namespace, ServiceAccount and certificate RBAC; removed afterwards (all but
+    the namespace) so that a later `helm install` finds no object it does not own."""
     chart = [doc for doc in yaml.safe_load_all(template({"namespace": {"create": True}})) if doc]
-    cluster.apply([o for o in chart if o["kind"] in APPLIED])
+    applied = [o for o in chart if o["kind"] in APPLIED]
+    cluster.apply(applied)
+    yield
+    removable = [o for o in applied if o["kind"] != "Namespace"]
+    cluster.kubectl("delete", "-f", "-", "--ignore-not-found", input=yaml.safe_dump_all(removable))
+
+
+@pytest.fixture
+def replicas(
+    cluster: Cluster, chart_rbac: None, tmp_path: Path
+) -> Iterator[tuple[Replica, Replica]]:
+    ports = {kind: free_port() for kind in KINDS}
     cluster.create_namespace(GOVERNED)
     for kind in KINDS:
         cluster.kubectl("delete", kind, "podlock", "--ignore-not-found")
@@ -310,9 +325,9 @@ def test_two_replicas_share_one_ca_and_rotate_without_a_failed_review(
     assert "the next CA signs from now on" in logs
 
 
-def test_the_service_account_may_touch_only_its_certificates(cluster: Cluster) -> None:
-    chart = [doc for doc in yaml.safe_load_all(template({"namespace": {"create": True}})) if doc]
-    cluster.apply([o for o in chart if o["kind"] in APPLIED])
+def test_the_service_account_may_touch_only_its_certificates(
+    cluster: Cluster, chart_rbac: None
+) -> None:
     user = f"--as=system:serviceaccount:{NAMESPACE}:podlock"
     cases = [
         (["get", f"secret/{SECRET}", "-n", NAMESPACE], True),
@@ -347,3 +362,36 @@ def run_podlock(*args: str) -> None:
     argv = [sys.executable, "-c", "import sys; from webhook.cli import main; sys.exit(main())"]
     result = subprocess.run([*argv, *args], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_helm_install_and_upgrade_keep_the_ca_bundle(cluster: Cluster, tmp_path: Path) -> None:
+    """The one-command install, then an upgrade: the chart does not own caBundle, so an upgrade
+    (Helm 4 applies server-side) leaves the keeper's caBundle in place. The image is not in
+    this cluster, so the keeper runs here, as the chart's ServiceAccount."""
+    chart = str(CHART)
+    install = ["install", "podlock", chart, "--namespace", NAMESPACE, "--create-namespace"]
+    result = helm(*install, kubeconfig=cluster.kubeconfig)
+    assert result.returncode == 0, result.stderr
+    try:
+        kubeconfig = service_account_kubeconfig(cluster, tmp_path / "podlock.kubeconfig")
+        policy = Policy(service="podlock", namespace=NAMESPACE)
+        keeper = Keeper(
+            api_client(str(kubeconfig)), Target(NAMESPACE, SECRET, "podlock"), policy, str(tmp_path)
+        )
+        keeper.reconcile()
+        stored = secret_data(cluster)
+        assert set(ca_bundles(cluster)) == {stored["ca.crt"]}
+
+        upgrade = ["upgrade", "podlock", chart, "--namespace", NAMESPACE, "--set", "replicas=3"]
+        result = helm(*upgrade, kubeconfig=cluster.kubeconfig)
+        assert result.returncode == 0, result.stderr
+        assert cluster.get("deployment", "podlock", NAMESPACE)["spec"]["replicas"] == 3
+        assert set(ca_bundles(cluster)) == {stored["ca.crt"]}
+        assert not keeper.reconcile().write  # nothing to repair
+    finally:
+        uninstall = ["uninstall", "podlock", "--namespace", NAMESPACE, "--wait"]
+        result = helm(*uninstall, kubeconfig=cluster.kubeconfig)
+        cluster.kubectl("delete", "secret", SECRET, "-n", NAMESPACE, "--ignore-not-found")
+    assert result.returncode == 0, result.stderr
+    for kind in KINDS:
+        assert cluster.kubectl("get", kind, "podlock", check=False).returncode != 0

@@ -58,15 +58,16 @@ def helm_binary() -> Path:
     return path
 
 
-def helm(*args: str) -> subprocess.CompletedProcess[str]:
-    # Helm keeps no state for `template` and `lint`; point its directories into a scratch
-    # place so nothing reads or writes the user's ~/.config/helm.
+def helm(*args: str, kubeconfig: Path | None = None) -> subprocess.CompletedProcess[str]:
+    # Helm's own state (repositories, plugins, caches) goes into a scratch place, so nothing
+    # reads or writes the user's ~/.config/helm; releases live in the cluster, if one is given.
     with tempfile.TemporaryDirectory() as home:
         env = {
             "PATH": os.environ.get("PATH", ""),
             "HELM_CONFIG_HOME": home,
             "HELM_CACHE_HOME": home,
             "HELM_DATA_HOME": home,
+            **({"KUBECONFIG": str(kubeconfig)} if kubeconfig else {}),
         }
         return subprocess.run(
             [str(helm_binary()), *args], capture_output=True, text=True, env=env, check=False
