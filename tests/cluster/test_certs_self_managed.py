@@ -395,3 +395,54 @@ def test_helm_install_and_upgrade_keep_the_ca_bundle(cluster: Cluster, tmp_path:
     assert result.returncode == 0, result.stderr
     for kind in KINDS:
         assert cluster.kubectl("get", kind, "podlock", check=False).returncode != 0
+
+
+def test_a_create_race_has_one_winner(cluster: Cluster, chart_rbac: None, tmp_path: Path) -> None:
+    """Two keepers that both read "no Secret" before either writes: the API server lets one
+    create win; the other's create conflicts, it reads again and adopts the winner's CA. (The
+    barrier only orders the real calls; every call goes to the real API server.)"""
+    cluster.kubectl("delete", "secret", SECRET, "-n", NAMESPACE, "--ignore-not-found")
+    kubeconfig = service_account_kubeconfig(cluster, tmp_path / "podlock.kubeconfig")
+    both_read = threading.Barrier(2, timeout=30)
+    keepers = []
+    for name in ("a", "b"):
+        keeper = Keeper(
+            api_client(str(kubeconfig)),
+            Target(NAMESPACE, SECRET, "podlock"),
+            Policy(service="podlock", namespace=NAMESPACE),
+            str(tmp_path / name),
+        )
+        read = keeper._read_secret
+        first = [True]
+
+        def read_then_wait(read: Any = read, first: list[bool] = first) -> Any:
+            found = read()
+            if first[0]:
+                first[0] = False
+                both_read.wait()
+            return found
+
+        keeper._read_secret = read_then_wait  # type: ignore[method-assign]
+        keepers.append(keeper)
+    plans: list[Any] = [None, None]
+    threads = [
+        threading.Thread(target=lambda i=i: plans.__setitem__(i, keepers[i].reconcile()))
+        for i in range(2)
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert all(plans), "a keeper failed; see the log"
+        stored = secret_data(cluster)
+        # Both read no Secret and tried to create one; the winner's plan is the one that
+        # stands, the loser's create conflicted and its second plan adopts, changing nothing.
+        made = sorted("made a CA" in " ".join(p.events) for p in plans)
+        assert made == [False, True]
+        assert sorted(p.write for p in plans) == [False, True]
+        assert [p.serving.cert for p in plans] == [stored["tls.crt"], stored["tls.crt"]]
+        for name in ("a", "b"):
+            assert (tmp_path / name / "tls.crt").read_bytes() == stored["tls.crt"]
+    finally:
+        cluster.kubectl("delete", "secret", SECRET, "-n", NAMESPACE, "--ignore-not-found")
