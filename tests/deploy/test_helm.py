@@ -125,10 +125,15 @@ def test_helm_lint(values: Obj, tmp_path: Path) -> None:
 
 # Values a user can get wrong, and the sentence helm must answer with (from the chart's checks).
 BAD_VALUES: list[tuple[Obj, str]] = [
-    ({"certificates": {"source": "vault"}}, 'certificates.source: "vault" is not one of'),
+    # values.schema.json
+    ({"replica": 3}, "additional properties 'replica' not allowed"),
+    ({"certificates": {"sorce": "cert-manager"}}, "additional properties 'sorce' not allowed"),
+    ({"certificates": {"source": "vault"}}, "/certificates/source': value must be one of"),
+    ({"defaultMode": "off"}, "/defaultMode': value must be one of 'enforce', 'warn', 'audit'"),
+    ({"replicas": 1}, "/replicas': minimum: got 1, want 2"),
+    ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy': value must be one of"),
+    # the chart's own checks
     ({"certificates": {"source": "generated"}}, "certificates.source=generated: give"),
-    ({"defaultMode": "off"}, 'defaultMode: "off" is not one of enforce, warn, audit'),
-    ({"replicas": 1}, "replicas: at least 2"),
     ({"modeAdminGroups": ["it's"]}, "cannot go into the CEL list"),
 ]
 
@@ -196,7 +201,16 @@ def test_the_default_install_is_self_managed_without_a_namespace_object() -> Non
 
 def test_values_reach_the_objects(tmp_path: Path) -> None:
     values = {
-        "image": {"repository": "registry.example/podlock", "tag": "9.9.9", "pullPolicy": "Always"},
+        "image": {
+            "repository": "registry.example/podlock",
+            "tag": "9.9.9",
+            "pullPolicy": "Always",
+            "pullSecrets": ["registry"],
+        },
+        "webhook": {
+            "nodeSelector": {"pool": "system"},
+            "tolerations": [{"key": "system", "operator": "Exists"}],
+        },
         "replicas": 3,
         "defaultMode": "warn",
         "exemptNamespaces": ["kube-system", "monitoring"],
@@ -216,6 +230,10 @@ def test_values_reach_the_objects(tmp_path: Path) -> None:
         "registry.example/podlock:9.9.9",
         "Always",
     )
+    spec = deployment["spec"]["template"]["spec"]
+    assert spec["imagePullSecrets"] == [{"name": "registry"}]
+    assert spec["nodeSelector"] == {"pool": "system"}
+    assert spec["tolerations"] == [{"key": "system", "operator": "Exists"}]
     args = build_parser().parse_args(container["command"][1:])
     assert (args.namespace, args.secret) == ("guard", "webhook-tls")
     assert (args.cert_check_interval, args.ca_trust_delay) == (7, 60)

@@ -81,9 +81,9 @@ def template(values: Mapping[str, Any], namespace: str = NAMESPACE) -> str:
         file.flush()
         result = helm("template", RELEASE, str(CHART), "--namespace", namespace, "-f", file.name)
     if result.returncode != 0:
-        # Helm's own sentence, without its advice to re-run with --debug.
-        errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
-        raise RenderError(errors[0] if errors else result.stderr.strip())
+        # Helm's message on one line, without its advice to re-run with --debug.
+        lines = [line.strip() for line in result.stderr.splitlines()]
+        raise RenderError(" ".join(line for line in lines if line and "--debug" not in line))
     return result.stdout
 
 

@@ -18,17 +18,8 @@ webhook selectors and the policy file use. */}}
 {{- if eq .Values.certificates.source "self-managed" }}true{{ end }}
 {{- end }}
 
+{{/* What values.schema.json cannot say. */}}
 {{- define "podlock.checkValues" -}}
-{{- $sources := list "self-managed" "cert-manager" "generated" }}
-{{- if not (has .Values.certificates.source $sources) }}
-{{- fail (printf "certificates.source: %q is not one of self-managed, cert-manager, generated" .Values.certificates.source) }}
-{{- end }}
-{{- if not (has .Values.defaultMode (list "enforce" "warn" "audit")) }}
-{{- fail (printf "defaultMode: %q is not one of enforce, warn, audit" .Values.defaultMode) }}
-{{- end }}
-{{- if lt (int .Values.replicas) 2 }}
-{{- fail "replicas: at least 2, or a single pod restart refuses every pod creation in governed namespaces" }}
-{{- end }}
 {{- $g := .Values.certificates.generated }}
 {{- if and (eq .Values.certificates.source "generated") (not $g.external) (not (and $g.caCert $g.tlsCert $g.tlsKey)) }}
 {{- fail "certificates.source=generated: give certificates.generated.caCert, tlsCert and tlsKey (--set-file with the files `podlock certs generate` writes), or set certificates.generated.external=true" }}
