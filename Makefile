@@ -30,7 +30,7 @@ MYPYC_BUILD := import sys; from mypyc.build import mypycify; from setuptools imp
 	"--build-temp", "build/mypyc"], ext_modules=mypycify(sys.argv[1:], group_name="webhook._compiled"))
 
 .PHONY: run test lint typecheck unit bench bpf compile system-deps bench-deps venv clean \
-	cluster-deps
+	cluster-deps helm-deps deploy-manifests
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -96,6 +96,29 @@ cluster-deps: system-deps
 	  (cd $(CLUSTER_MODULES)/etcd && go build -trimpath -ldflags '-s -w' -o $(ETCD_BIN).tmp/etcd .) && \
 	  rm -rf $(ETCD_BIN) && mv $(ETCD_BIN).tmp $(ETCD_BIN); \
 	fi
+
+# Helm for the deploy tests (helm lint, helm template): built from the Go module proxy at the
+# version tests/helm/go.mod pins, into a cache outside the checkout keyed by that version, so
+# only a version change rebuilds; tests/deploy finds it there the same way. A failed build fails make.
+HELM_VERSION := $(shell awk '$$1 == "require" && $$2 == "helm.sh/helm/v4" {print $$3}' tests/helm/go.mod)
+HELM_BIN := $(HOME)/.cache/podlock/helm-$(HELM_VERSION)
+
+helm-deps:
+	@test -n "$(HELM_VERSION)" || { echo "cannot read Helm's version from tests/helm/go.mod"; exit 1; }
+	@if ! test -x $(HELM_BIN)/helm; then \
+	  echo "building Helm $(HELM_VERSION) into $(HELM_BIN)"; \
+	  rm -rf $(HELM_BIN).tmp && mkdir -p $(HELM_BIN).tmp && \
+	  (cd tests/helm && go build -trimpath -ldflags '-s -w -X helm.sh/helm/v4/internal/version.version=$(HELM_VERSION)' \
+	    -o $(HELM_BIN).tmp/helm helm.sh/helm/v4/cmd/helm) && \
+	  rm -rf $(HELM_BIN) && mv $(HELM_BIN).tmp $(HELM_BIN); \
+	fi
+
+unit: helm-deps  # the deploy tests lint and render the chart
+
+# deploy/base and deploy/overlays are the Helm chart rendered (tests/support/deploy_render.py says how);
+# run this after editing the chart.
+deploy-manifests: helm-deps $(STAMP)
+	$(BIN)/python tests/support/deploy_render.py
 
 $(BPF_DIR)/vmlinux.h: | system-deps
 	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@

@@ -1,4 +1,5 @@
-"""`podlock certs generate`: write ca.crt, tls.crt and tls.key into a directory."""
+"""`podlock certs generate`: write ca.crt, tls.crt and tls.key into a directory.
+`podlock certs rotate`: ask the self-managed keepers to renew now."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from datetime import UTC, datetime
 
 from certs.pki import Bundle, CertError, generate_bundle
+from certs.rotation import Rotation
 
 
 def write_file(path: str, data: bytes, mode: int) -> None:
@@ -42,6 +44,8 @@ def write_bundle(out: str, bundle: Bundle) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.certs_command == "rotate":
+        return rotate(args)
     try:
         bundle = generate_bundle(args.service, args.namespace, args.host, now=datetime.now(UTC))
         paths = write_bundle(args.out, bundle)
@@ -53,4 +57,20 @@ def run(args: argparse.Namespace) -> int:
         return 2
     for path in paths:
         print(path)
+    return 0
+
+
+def rotate(args: argparse.Namespace) -> int:
+    from certs.keeper import KeeperError, api_client, request_rotation
+
+    what: Rotation = "ca" if args.ca else "serving"
+    try:
+        request_rotation(api_client(args.kubeconfig), args.namespace, args.secret, what)
+    except KeeperError as e:
+        print(f"podlock certs rotate: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"asked for a new {'CA and serving certificate' if args.ca else 'serving certificate'} "
+        f"in Secret {args.namespace}/{args.secret}: the replicas act on it at their next check"
+    )
     return 0

@@ -99,7 +99,10 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
 
 
 def generate_ca(
-    *, now: datetime, common_name: str = "podlock webhook CA", days: int = CA_DAYS
+    *,
+    now: datetime,
+    common_name: str = "podlock webhook CA",
+    validity: timedelta = timedelta(days=CA_DAYS),
 ) -> PemPair:
     """A self-signed CA that may sign serving certificates only (path length 0)."""
     key = _new_key()
@@ -112,7 +115,7 @@ def generate_ca(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + timedelta(days=days))
+        .not_valid_after(now + validity)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_key_usage(signs_certificates=True), critical=True)
         .add_extension(ski, critical=False)
@@ -128,7 +131,7 @@ def generate_serving(
     hosts: Sequence[str] = (),
     *,
     now: datetime,
-    days: int = SERVING_DAYS,
+    validity: timedelta = timedelta(days=SERVING_DAYS),
 ) -> PemPair:
     """A server-auth certificate for the Service's DNS names and `hosts`, signed by `ca`."""
     sans = subject_alt_names(service, namespace, hosts)
@@ -146,7 +149,7 @@ def generate_serving(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + timedelta(days=days))
+        .not_valid_after(now + validity)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(signs_certificates=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -172,7 +175,9 @@ def generate_bundle(
     """A fresh CA and a serving pair signed by it. The CA key is not kept: rotate by
     generating a new bundle and updating `caBundle` together with the Secret."""
     ca = generate_ca(now=now)
-    serving = generate_serving(ca, service, namespace, hosts, now=now, days=days)
+    serving = generate_serving(
+        ca, service, namespace, hosts, now=now, validity=timedelta(days=days)
+    )
     return Bundle(ca_cert=ca.cert, tls_cert=serving.cert, tls_key=serving.key)
 
 

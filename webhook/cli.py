@@ -50,6 +50,32 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--key", metavar="FILE")
     serve.add_argument("--config", metavar="FILE")
     serve.add_argument("--workers", type=int, default=2, metavar="N")
+    managed = serve.add_argument_group(
+        "self-managed certificates",
+        "--certs self-managed: podlock keeps a CA and a serving pair in a Secret, writes the "
+        "CA into both webhook configurations' caBundle and renews both before they expire",
+    )
+    managed.add_argument("--certs", choices=("files", "self-managed"), default="files")
+    managed.add_argument("--namespace", default="podlock-system", metavar="NS")
+    managed.add_argument("--secret", default="podlock-tls", metavar="NAME")
+    managed.add_argument("--service", default="podlock", metavar="NAME", help="for the DNS names")
+    managed.add_argument(
+        "--webhook-configuration",
+        default="podlock",
+        metavar="NAME",
+        help="the name of both the Mutating and the Validating configuration",
+    )
+    managed.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="H",
+        help="another name or IP address for the serving certificate (a webhook called by URL)",
+    )
+    managed.add_argument("--cert-dir", default="/tmp/podlock-tls", metavar="DIR")
+    managed.add_argument("--kubeconfig", metavar="FILE", help="default: in-cluster credentials")
+    managed.add_argument("--cert-check-interval", type=float, default=30.0, metavar="SECONDS")
+    managed.add_argument("--ca-trust-delay", type=float, default=300.0, metavar="SECONDS")
 
     certs = sub.add_parser("certs", help="TLS material for the webhook")
     certs_sub = certs.add_subparsers(dest="certs_command", required=True, metavar="ACTION")
@@ -58,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--service", default="podlock", metavar="NAME")
     gen.add_argument("--namespace", default="podlock-system", metavar="NS")
     gen.add_argument("--host", action="append", default=[], metavar="H")
+    rotate = certs_sub.add_parser(
+        "rotate", help="ask `podlock serve --certs self-managed` to renew now"
+    )
+    rotate.add_argument("--ca", action="store_true", help="the CA too (in two overlapping steps)")
+    rotate.add_argument("--namespace", default="podlock-system", metavar="NS")
+    rotate.add_argument("--secret", default="podlock-tls", metavar="NAME")
+    rotate.add_argument("--kubeconfig", metavar="FILE")
 
     detect = sub.add_parser("detect", help="run the eBPF drift detector on this node")
     detect.add_argument("--config", metavar="FILE")

@@ -17,18 +17,26 @@ Why these gunicorn settings:
   them all.
 - Each worker counts its metrics in its own slot of a table shared by all (see `WorkerSlots`
   and webhook.metrics); a scrape adds them up.
+- With `--certs self-managed` the process that starts is the certificate keeper
+  (certs/keeper.py): it makes sure the Secret, the caBundles and the pair in `--cert-dir` are
+  right before gunicorn starts, then forks gunicorn and keeps them right while it runs,
+  forwarding signals to it and exiting with it. A keeper that dies takes the pod with it, and
+  no thread runs beside gunicorn's forks.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import logging
 import os
+import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gunicorn.app.base import BaseApplication
 
@@ -37,6 +45,9 @@ from webhook.config import ConfigError, Settings, load_settings
 from webhook.metrics import MAX_SLOTS, Metrics
 from webhook.tls import ReloadingContext, TLSError
 
+if TYPE_CHECKING:
+    from certs.keeper import Keeper
+
 DEFAULT_CERT = ".certs/tls.crt"
 DEFAULT_KEY = ".certs/tls.key"
 THREADS = 4  # per worker; admission is CPU-bound, the threads overlap TLS and socket waits
@@ -44,6 +55,23 @@ KEEPALIVE = 120
 GRACEFUL_TIMEOUT = 25
 # A reload (SIGHUP) starts new workers while the old ones drain: leave metrics slots for that.
 MAX_WORKERS = MAX_SLOTS // 4
+# --certs self-managed: how long the first reconcile may keep failing before serve gives up
+# (the pod then restarts with back-off), and the retry pace after a failed one.
+KEEPER_START_TIMEOUT = 60.0
+KEEPER_RETRY = 5.0
+# What the keeper passes on to gunicorn (its reload, drain and worker-count signals).
+FORWARDED_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGWINCH,
+)
+PR_SET_PDEATHSIG = 1
 
 
 class _Server(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
@@ -147,10 +175,16 @@ def _check_bind(bind: str) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cert = args.cert or DEFAULT_CERT
-    key = args.key or DEFAULT_KEY
+    self_managed = args.certs == "self-managed"
+    if self_managed and (args.cert or args.key):
+        return _fail(
+            "--cert and --key name files you provide; with --certs self-managed podlock "
+            "makes its own in --cert-dir"
+        )
     if bool(args.cert) != bool(args.key):
         return _fail("give --cert and --key together")
+    cert = args.cert or DEFAULT_CERT
+    key = args.key or DEFAULT_KEY
     if (problem := _check_bind(args.bind)) is not None:
         return _fail(problem)
     if not 1 <= args.workers <= MAX_WORKERS:
@@ -159,7 +193,22 @@ def run(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
     except ConfigError as err:
         return _fail(str(err))
-    if not args.cert and not (os.path.exists(cert) and os.path.exists(key)):
+    logging.basicConfig(
+        level=logging.INFO,
+        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S %z",
+    )
+    keeper = None
+    if self_managed:
+        from certs.keeper import KeeperError, keeper_from_args
+
+        try:
+            keeper = keeper_from_args(args)
+            _first_reconcile(keeper)
+        except KeeperError as err:
+            return _fail(str(err))
+        cert, key = keeper.cert_path, keeper.key_path
+    elif not args.cert and not (os.path.exists(cert) and os.path.exists(key)):
         return _fail(
             f"no {cert} / {key}: create them with `podlock certs generate --out .certs "
             "--host 127.0.0.1 --host localhost` (or `make run`), or pass --cert and --key"
@@ -168,13 +217,52 @@ def run(args: argparse.Namespace) -> int:
         tls = ReloadingContext(cert, key)
     except TLSError as err:
         return _fail(str(err))
-
-    logging.basicConfig(
-        level=logging.INFO,
-        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s",
-        datefmt="%Y-%m-%d %H:%M:%S %z",
-    )
+    if keeper is not None:
+        return _serve_beside_keeper(keeper, args, lambda: _serve(args, settings, tls, cert, key))
     return _serve(args, settings, tls, cert, key)
+
+
+def _first_reconcile(keeper: Keeper) -> None:
+    """Until the pair to serve is on disk; raises the last KeeperError after the timeout."""
+    from certs.keeper import KeeperError
+
+    deadline = time.monotonic() + KEEPER_START_TIMEOUT
+    while True:
+        try:
+            keeper.reconcile()
+            return
+        except KeeperError as err:
+            if time.monotonic() + KEEPER_RETRY > deadline:
+                raise
+            logging.getLogger("podlock.certs").warning("%s; retrying", err)
+            time.sleep(KEEPER_RETRY)
+
+
+def _serve_beside_keeper(keeper: Keeper, args: argparse.Namespace, serve: Callable[[], int]) -> int:
+    """gunicorn in a child process; this one keeps the certificates until gunicorn exits."""
+    from certs.keeper import KeeperError
+
+    pid = os.fork()
+    if pid == 0:  # gunicorn's master (and, forked from it, its workers): exits as usual
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # never outlive the keeper
+        return serve()
+    for signum in FORWARDED_SIGNALS:
+        signal.signal(signum, lambda signum, _frame: os.kill(pid, signum))
+    log = logging.getLogger("podlock.certs")
+    next_check = time.monotonic() + args.cert_check_interval
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            code = os.waitstatus_to_exitcode(status)
+            return code if code >= 0 else 128 - code  # killed by a signal: as a shell says
+        if time.monotonic() >= next_check:
+            try:
+                keeper.reconcile()
+                next_check = time.monotonic() + args.cert_check_interval
+            except KeeperError as err:
+                log.warning("%s; retrying in %.0f s", err, KEEPER_RETRY)
+                next_check = time.monotonic() + min(KEEPER_RETRY, args.cert_check_interval)
+        time.sleep(min(0.2, args.cert_check_interval))
 
 
 def _serve(

@@ -1,7 +1,8 @@
 """deploy/: every overlay renders with the real kubectl, validates against the Kubernetes schemas,
 and has the properties the cluster's safety rests on (modes, exemptions, failure policies,
 availability). The exempt-namespace list in the policy file is the source the selectors must
-match."""
+match. The kustomize directories are the Helm chart rendered (tests/support/deploy_render.py):
+test_helm.py checks they are exactly that, and that kustomize and helm install the same objects."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from jsonschema import Draft202012Validator
 from kubernetes_validate.utils import SchemaNotFoundError
 from kubernetes_validate.utils import ValidationError as SchemaError
 
+from webhook.cli import build_parser
 from webhook.cli import main as podlock_main
 from webhook.config import Settings, load_settings
 from webhook.policy import evaluate
@@ -36,7 +37,8 @@ Obj = dict[str, Any]
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 OVERLAYS = ("base", "overlays/cert-manager", "overlays/generated-certs")
-INSTALLABLE = ("overlays/cert-manager", "overlays/generated-certs")
+SELF_MANAGED = "base"  # the default install: podlock keeps its own certificates
+FROM_FILES = ("overlays/cert-manager", "overlays/generated-certs")
 MODES = ("enforce", "warn", "audit")
 MODE_LABEL = "podlock.io/mode"
 NAME_LABEL = "kubernetes.io/metadata.name"
@@ -44,6 +46,7 @@ NAMESPACE = "podlock-system"
 # The oldest Kubernetes the manifests support (ValidatingAdmissionPolicy v1, the preStop sleep
 # action) and the newest schema kubernetes-validate ships.
 K8S_VERSIONS = ("1.30", "1.37")
+POLICY_PATH = "/etc/podlock/policy.yaml"
 
 
 # --- rendering -------------------------------------------------------------------------------
@@ -247,12 +250,15 @@ def test_the_kinds_each_overlay_installs(rendered: dict[str, list[Obj]]) -> None
     }
 
     def kinds(overlay: str) -> set[tuple[str, str]]:
-        names = {(o["kind"], o["metadata"]["name"]) for o in rendered[overlay]}
-        # The policy ConfigMap's name carries a content hash.
-        return {(k, "podlock-policy" if k == "ConfigMap" else n) for k, n in names}
+        return {(o["kind"], o["metadata"]["name"]) for o in rendered[overlay]}
 
     common.add(("ConfigMap", "podlock-policy"))
-    assert kinds("base") == common
+    assert kinds("base") == common | {
+        ("Role", "podlock-certs"),
+        ("RoleBinding", "podlock-certs"),
+        ("ClusterRole", "podlock-certs"),
+        ("ClusterRoleBinding", "podlock-certs"),
+    }
     assert kinds("overlays/generated-certs") == common | {("Secret", "podlock-tls")}
     assert kinds("overlays/cert-manager") == common | {
         ("Issuer", "podlock-selfsigned"),
@@ -319,7 +325,7 @@ NAMESPACE_CASES: list[tuple[str, str | None, str | None]] = [
 ]
 
 
-@pytest.mark.parametrize("overlay", INSTALLABLE)
+@pytest.mark.parametrize("overlay", OVERLAYS)
 @pytest.mark.parametrize(("namespace", "label", "expected"), NAMESPACE_CASES)
 def test_each_namespace_gets_exactly_one_mode(
     rendered: dict[str, list[Obj]],
@@ -345,8 +351,12 @@ def test_each_namespace_gets_exactly_one_mode(
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_selector_excludes_exactly_the_policy_exempt_list(
-    rendered: dict[str, list[Obj]], overlay: str, settings: Settings
+    rendered: dict[str, list[Obj]], overlay: str, tmp_path: Path
 ) -> None:
+    # The policy the replicas read: its exempt list and the selectors' must be one list.
+    policy = only(rendered[overlay], "ConfigMap", "podlock-policy")["data"]["policy.yaml"]
+    (tmp_path / "policy.yaml").write_text(policy, "utf-8")
+    settings = load_settings(str(tmp_path / "policy.yaml"))
     assert settings.exempt_namespaces, (
         "the policy exempts no namespace: the cluster can lock itself out"
     )
@@ -369,20 +379,18 @@ def test_every_selector_excludes_exactly_the_policy_exempt_list(
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_policy_configmap_is_the_embedded_policy(
-    rendered: dict[str, list[Obj]], overlay: str
+    rendered: dict[str, list[Obj]], overlay: str, settings: Settings, tmp_path: Path
 ) -> None:
-    embedded = resources.files("webhook").joinpath("default_policy.yaml").read_text("utf-8")
-    assert (DEPLOY / "base" / "policy.yaml").read_text("utf-8") == embedded, (
-        "deploy/base/policy.yaml differs from webhook/default_policy.yaml: "
-        "cp webhook/default_policy.yaml deploy/base/policy.yaml"
-    )
-    configmap = only(rendered[overlay], "ConfigMap")
+    # The chart writes only the keys its values set; podlock fills in the rest from the
+    # embedded policy, so with the default values the webhook runs the embedded policy exactly.
+    configmap = only(rendered[overlay], "ConfigMap", "podlock-policy")
     assert configmap["metadata"]["namespace"] == NAMESPACE
-    assert configmap["data"] == {"policy.yaml": embedded}
+    (tmp_path / "policy.yaml").write_text(configmap["data"]["policy.yaml"], "utf-8")
+    assert load_settings(str(tmp_path / "policy.yaml")) == settings
     volumes = only(rendered[overlay], "Deployment", "podlock")["spec"]["template"]["spec"][
         "volumes"
     ]
-    assert {"name": "policy", "configMap": {"name": configmap["metadata"]["name"]}} in volumes
+    assert {"name": "policy", "configMap": {"name": "podlock-policy"}} in volumes
 
 
 # --- webhook configurations ------------------------------------------------------------------
@@ -552,24 +560,40 @@ def test_the_webhook_deployment(
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert selects(deployment["spec"]["selector"], labels)
     assert spec["priorityClassName"] == "system-cluster-critical"
-    # No API access at all: no token in the pod, no role for its ServiceAccount.
     assert spec["serviceAccountName"] == "podlock"
-    assert spec["automountServiceAccountToken"] is False
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["runAsUser"] != 0
     (container,) = spec["containers"]
-    assert container["command"] == [
-        "podlock",
-        "serve",
-        "--bind",
-        "0.0.0.0:8443",
-        "--cert",
-        "/etc/podlock/tls/tls.crt",
-        "--key",
-        "/etc/podlock/tls/tls.key",
-        "--config",
-        "/etc/podlock/policy.yaml",
-    ]
+    # The command is one `podlock serve` accepts (its own parser reads it).
+    assert container["command"][0] == "podlock"
+    args = build_parser().parse_args(container["command"][1:])
+    assert (args.command, args.bind, args.config) == ("serve", "0.0.0.0:8443", POLICY_PATH)
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    if overlay == SELF_MANAGED:
+        # The keeper talks to the API server (with the RBAC test_self_managed_rbac checks) and
+        # writes the pair on the memory-backed /tmp volume; no Secret is mounted.
+        assert args.certs == "self-managed"
+        assert (args.cert, args.key) == (None, None)
+        assert spec["automountServiceAccountToken"] is True
+        assert args.namespace == deployment["metadata"]["namespace"]
+        assert args.service == only(objs, "Service", "podlock")["metadata"]["name"]
+        assert args.webhook_configuration == "podlock"
+        assert args.cert_dir.startswith("/tmp/")
+        assert volumes[mounts["/tmp"]["name"]]["emptyDir"]["medium"] == "Memory"
+        assert "tls" not in volumes
+        assert args.cert_check_interval > 0
+    else:
+        # No API access at all: no token in the pod, no role for its ServiceAccount.
+        assert args.certs == "files"
+        assert spec["automountServiceAccountToken"] is False
+        assert (args.cert, args.key) == ("/etc/podlock/tls/tls.crt", "/etc/podlock/tls/tls.key")
+        # The TLS directory whole (no subPath), so renewed certificates reach the running pod.
+        assert mounts["/etc/podlock/tls"] == {
+            "name": "tls",
+            "mountPath": "/etc/podlock/tls",
+            "readOnly": True,
+        }
     assert container["securityContext"] == {
         "readOnlyRootFilesystem": True,
         "allowPrivilegeEscalation": False,
@@ -595,15 +619,8 @@ def test_the_webhook_deployment(
     sleep = container["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert sleep >= 5
     assert spec["terminationGracePeriodSeconds"] >= sleep + GRACEFUL_TIMEOUT + 5
-    # Mounts: the paths the command reads, the TLS directory whole (no subPath) so renewed
-    # certificates reach the running pod, and a writable /tmp for gunicorn.
-    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-    assert mounts["/etc/podlock/tls"] == {
-        "name": "tls",
-        "mountPath": "/etc/podlock/tls",
-        "readOnly": True,
-    }
-    assert mounts["/etc/podlock/policy.yaml"]["subPath"] == "policy.yaml"
+    # The policy file the command reads, and a writable /tmp for gunicorn.
+    assert mounts[POLICY_PATH]["subPath"] == "policy.yaml"
     assert mounts["/tmp"]["name"] in {v["name"] for v in spec["volumes"] if "emptyDir" in v}
 
 
@@ -673,26 +690,66 @@ def test_the_detector_daemonset(
     assert daemonset["metadata"]["namespace"] in settings.exempt_namespaces
 
 
+READ_PODS = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+# Self-managed certificates: the one Secret (create cannot name it: it does not exist yet) and
+# the two webhook configurations, by name.
+CERT_SECRET_RULES = [
+    {
+        "apiGroups": [""],
+        "resources": ["secrets"],
+        "resourceNames": ["podlock-tls"],
+        "verbs": ["get", "update"],
+    },
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+]
+CERT_CONFIGURATION_RULES = [
+    {
+        "apiGroups": ["admissionregistration.k8s.io"],
+        "resources": ["mutatingwebhookconfigurations", "validatingwebhookconfigurations"],
+        "resourceNames": ["podlock"],
+        "verbs": ["get", "patch"],
+    }
+]
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_rbac_is_read_pods_for_the_detector_only(
+def test_rbac_is_read_pods_for_the_detector_and_its_certificates_for_the_webhook(
     rendered: dict[str, list[Obj]], overlay: str
 ) -> None:
     objs = rendered[overlay]
-    roles = [o for o in objs if o["kind"] in ("Role", "ClusterRole")]
-    assert [(r["kind"], r["metadata"]["name"], r["rules"]) for r in roles] == [
-        (
-            "ClusterRole",
-            "podlock-detector",
-            [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}],
-        )
+    detector = {"kind": "ServiceAccount", "name": "podlock-detector", "namespace": NAMESPACE}
+    webhook = {"kind": "ServiceAccount", "name": "podlock", "namespace": NAMESPACE}
+    expected = [("ClusterRole", "podlock-detector", READ_PODS, [detector])]
+    if overlay == SELF_MANAGED:
+        expected += [
+            ("ClusterRole", "podlock-certs", CERT_CONFIGURATION_RULES, [webhook]),
+            ("Role", "podlock-certs", CERT_SECRET_RULES, [webhook]),
+        ]
+    roles = {(o["kind"], o["metadata"]["name"]): o for o in objs if o["kind"].endswith("Role")}
+    bindings = {
+        (o["roleRef"]["kind"], o["roleRef"]["name"]): o
+        for o in objs
+        if o["kind"].endswith("RoleBinding")
+    }
+    assert len(bindings) == len(roles)
+    found = [
+        (kind, name, role["rules"], bindings[(kind, name)]["subjects"])
+        for (kind, name), role in sorted(roles.items())
     ]
-    bindings = [o for o in objs if o["kind"] in ("RoleBinding", "ClusterRoleBinding")]
-    assert [(b["roleRef"]["name"], b["subjects"]) for b in bindings] == [
-        (
-            "podlock-detector",
-            [{"kind": "ServiceAccount", "name": "podlock-detector", "namespace": NAMESPACE}],
-        )
-    ]
+    assert found == sorted(expected, key=lambda e: (e[0], e[1]))
+    for (kind, _), role in roles.items():
+        if kind == "Role":
+            assert role["metadata"]["namespace"] == NAMESPACE
+            (binding,) = [b for b in bindings.values() if b["kind"] == "RoleBinding"]
+            assert binding["metadata"]["namespace"] == NAMESPACE
+    if overlay == SELF_MANAGED:
+        # The names the rules allow are the ones the keeper is told to use.
+        command = only(objs, "Deployment", "podlock")["spec"]["template"]["spec"]["containers"][0][
+            "command"
+        ]
+        args = build_parser().parse_args(command[1:])
+        assert CERT_SECRET_RULES[0]["resourceNames"] == [args.secret]
+        assert CERT_CONFIGURATION_RULES[0]["resourceNames"] == [args.webhook_configuration]
 
 
 # --- who may set a namespace's mode ----------------------------------------------------------
@@ -780,12 +837,3 @@ def test_the_mode_label_policy_is_bound_and_denies(rendered: dict[str, list[Obj]
     ]
     binding = only(objs, "ValidatingAdmissionPolicyBinding", "podlock-mode-label")["spec"]
     assert binding == {"policyName": "podlock-mode-label", "validationActions": ["Deny"]}
-
-
-def test_every_base_manifest_is_rendered() -> None:
-    # A manifest added to base/ but not to its kustomization would silently never be applied.
-    kustomization = yaml.safe_load((DEPLOY / "base" / "kustomization.yaml").read_text("utf-8"))
-    listed = set(kustomization["resources"])
-    listed |= {f for gen in kustomization["configMapGenerator"] for f in gen["files"]}
-    present = {p.name for p in (DEPLOY / "base").glob("*.yaml")} - {"kustomization.yaml"}
-    assert present == listed

@@ -207,6 +207,7 @@ def _serve_args(**kw: object) -> argparse.Namespace:
         "key": None,
         "config": None,
         "workers": 1,
+        "certs": "files",
     }
     return argparse.Namespace(**(base | kw))
 
