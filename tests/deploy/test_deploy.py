@@ -28,7 +28,7 @@ from kubernetes_validate.utils import ValidationError as SchemaError
 
 from webhook.cli import build_parser
 from webhook.cli import main as podlock_main
-from webhook.config import Settings, load_settings
+from webhook.config import IMAGE_RULE, Settings, load_settings
 from webhook.policy import evaluate
 from webhook.serve import GRACEFUL_TIMEOUT
 
@@ -602,8 +602,10 @@ def test_the_webhook_deployment(
         "capabilities": {"drop": ["ALL"]},
     }
     # podlock's own pod passes podlock's own policy, so it would be admitted even if its
-    # namespace were not exempt.
-    assert evaluate(spec, settings, "lint") == []
+    # namespace were not exempt. Only a warning remains: the image is named by tag, as a
+    # locally built image must be (a digest can be set in the chart's image value).
+    found = evaluate(spec, settings, "lint")
+    assert [v.rule for v in found if v.rule != IMAGE_RULE] == []
     assert container["ports"] == [{"name": "https", "containerPort": 8443, "protocol": "TCP"}]
     probes = {
         probe: (p["httpGet"]["path"], p["httpGet"]["scheme"], p["httpGet"]["port"])
