@@ -162,6 +162,21 @@ class Cluster:
         return f"/podlock-cluster-{self.tag}"
 
     @property
+    def bridge(self) -> str:
+        """The pods' network bridge on the host."""
+        return f"plk{self.tag}"[:15]
+
+    @property
+    def pod_subnet(self) -> str:
+        return f"{CLUSTER_CIDR_BASE}.{int(self.tag) % 250}.0/24"
+
+    @property
+    def gateway(self) -> str:
+        """The bridge's address: the host as the pods see it, and the address the API server
+        advertises for the `kubernetes` Service."""
+        return f"{CLUSTER_CIDR_BASE}.{int(self.tag) % 250}.1"
+
+    @property
     def ca_cert(self) -> Path:
         return self.pki / "ca.crt"
 
@@ -206,6 +221,7 @@ class Cluster:
         )  # fmt: skip
         # containerd and the images do not need the control plane: prepare them meanwhile
         self._start_containerd()
+        self._route_pods_to_apiserver()
         self._wait_http("etcd", f"http://127.0.0.1:{etcd_port}/health", timeout=30)
         (self.workdir / "audit-policy.yaml").write_text(yaml.safe_dump(AUDIT_POLICY))
         pki = self.pki
@@ -214,7 +230,10 @@ class Cluster:
             [
                 str(bins["kube-apiserver"]),
                 f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-                "--bind-address=127.0.0.1",
+                # loopback for kubectl, the bridge for pods (in-cluster clients: podlock's
+                # certificate keeper, the detector's pod watch); nothing else routes here
+                "--bind-address=0.0.0.0",
+                f"--advertise-address={self.gateway}",
                 f"--secure-port={self.apiserver_port}",
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
@@ -384,20 +403,18 @@ class Cluster:
     def _start_containerd(self) -> None:
         base = self.workdir / "containerd"
         (base / "cni").mkdir(parents=True, exist_ok=True)
-        subnet = int(self.tag) % 250
-        bridge = f"plk{self.tag}"[:15]
         cni = {
             "cniVersion": "0.4.0",
             "name": f"podlock-{self.tag}",
             "plugins": [
                 {
                     "type": "bridge",
-                    "bridge": bridge,
+                    "bridge": self.bridge,
                     "isGateway": True,
                     "hairpinMode": True,
                     "ipam": {
                         "type": "host-local",
-                        "ranges": [[{"subnet": f"{CLUSTER_CIDR_BASE}.{subnet}.0/24"}]],
+                        "ranges": [[{"subnet": self.pod_subnet, "gateway": self.gateway}]],
                         "dataDir": str(base / "ipam"),
                     },
                 }
@@ -436,6 +453,28 @@ state = "{base}/state"
         wait_until("containerd", up, timeout=30)
         for image in cluster_images.ALL:
             self.import_image(image)
+
+    def _route_pods_to_apiserver(self) -> None:
+        """In-cluster clients dial the `kubernetes` Service (KUBERNETES_SERVICE_HOST). This
+        cluster runs no kube-proxy, so one NAT rule does its part for that one Service, for
+        this cluster's pods only: Service IP:443 -> the API server on the bridge's address.
+        The bridge is made here (the CNI plugin adopts it) so the address exists at once."""
+        for argv in (
+            ["ip", "link", "add", self.bridge, "type", "bridge"],
+            ["ip", "addr", "add", f"{self.gateway}/24", "dev", self.bridge],
+            ["ip", "link", "set", self.bridge, "up"],
+        ):
+            subprocess.run(argv, capture_output=True, text=True, check=True)
+        subprocess.run(["iptables", "-t", "nat", "-A", "PREROUTING", *self._service_rule()],
+                       capture_output=True, text=True, check=True)  # fmt: skip
+
+    def _service_rule(self) -> list[str]:
+        return [
+            "-s", self.pod_subnet, "-d", cluster_pki.KUBERNETES_SERVICE_IP,
+            "-p", "tcp", "--dport", "443",
+            "-j", "DNAT", "--to-destination", f"{self.gateway}:{self.apiserver_port}",
+            "-m", "comment", "--comment", f"podlock test cluster {self.tag}",
+        ]  # fmt: skip
 
     def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """`ctr` against this cluster's containerd, in the CRI's namespace."""
@@ -631,8 +670,9 @@ state = "{base}/state"
             with contextlib.suppress(OSError):
                 os.unlink(netns)
         self._remove_cgroups()
-        bridge = f"plk{self.tag}"[:15]
-        subprocess.run(["ip", "link", "delete", bridge], capture_output=True, check=False)
+        subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True, check=False)
+        subprocess.run(["iptables", "-t", "nat", "-D", "PREROUTING", *self._service_rule()],
+                       capture_output=True, check=False)  # fmt: skip
 
     def _remember_netns(self) -> None:
         """The network namespaces of this node's pod sandboxes (pinned under /run/netns)."""
