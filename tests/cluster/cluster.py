@@ -415,6 +415,8 @@ class Cluster:
                     "ipam": {
                         "type": "host-local",
                         "ranges": [[{"subnet": self.pod_subnet, "gateway": self.gateway}]],
+                        # a default route, so the Service IP goes to the host (see below)
+                        "routes": [{"dst": "0.0.0.0/0"}],
                         "dataDir": str(base / "ipam"),
                     },
                 }

@@ -18,7 +18,7 @@ from pathlib import Path
 APPLETS = (
     "sh", "cat", "echo", "sleep", "chmod", "cp", "mkdir", "touch", "ls", "rm", "mv", "ln",
     "true", "false", "tar", "test", "[", "printf", "head", "id", "httpd", "wget", "dd", "find",
-    "stat", "grep", "mount", "ps", "env", "hostname",
+    "stat", "grep", "mount", "ps", "env", "hostname", "nc",
 )  # fmt: skip
 
 

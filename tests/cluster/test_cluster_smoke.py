@@ -3,7 +3,7 @@ runs on it from a locally imported image, reachable with kubectl exec."""
 
 from __future__ import annotations
 
-from cluster import NODE, Cluster
+from cluster import NODE, Cluster, wait_until
 
 POD = """
 apiVersion: v1
@@ -55,3 +55,26 @@ def _pid_of(cluster: Cluster, pod: dict[str, object]) -> int:
         if task == cid:
             return int(pid)
     raise AssertionError(f"no task {cid} in containerd")
+
+
+def test_a_pod_reaches_the_api_server_through_the_kubernetes_service(cluster: Cluster) -> None:
+    """What in-cluster clients (podlock's certificate keeper, the detector) rely on: the Service
+    IP leads to the API server, which answers a plain-HTTP request as Go's TLS servers do."""
+    probe = 'printf "GET / HTTP/1.0\\r\\n\\r\\n" | nc -w 5 $KUBERNETES_SERVICE_HOST 443'
+    pod = POD.replace("name: smoke", "name: smoke-api").replace(
+        'command: [sh, -c, "echo started; exec sleep 3600"]',
+        f"command: [sh, -c, '{probe}; exec sleep 3600']",
+    )
+    cluster.apply(pod)
+    try:
+        cluster.wait_pod_running("smoke-api", "default")
+        wait_until(
+            "the API server's answer to the pod",
+            lambda: (
+                "Client sent an HTTP request to an HTTPS server"
+                in cluster.kubectl("logs", "smoke-api").stdout
+            ),
+            timeout=30,
+        )
+    finally:
+        cluster.kubectl("delete", "pod", "smoke-api", "--wait=false", "--grace-period=0", "--force")
