@@ -15,6 +15,7 @@ CERTS := .certs
 APT_PACKAGES := python3-venv python3-dev gcc clang llvm libbpf-dev bpftool runc containerd \
 	busybox-static umoci
 BENCH_APT_PACKAGES := wrk
+IMAGE_APT_PACKAGES := mmdebstrap
 
 BPF_DIR := detector/bpf
 BPF_SRC := $(wildcard $(BPF_DIR)/*.bpf.c)
@@ -27,7 +28,7 @@ COMPILED := webhook/podspecs.py webhook/policy.py webhook/hardening.py webhook/r
 # setup.py reads this list and builds the same extensions into the wheel (make wheel).
 COMPILED_STAMP := build/compiled.stamp
 
-.PHONY: run test lint typecheck unit bench bpf compile system-deps bench-deps venv clean wheel
+.PHONY: run test lint typecheck unit bench bpf compile system-deps bench-deps venv clean wheel image
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +79,12 @@ export SOURCE_DATE_EPOCH
 wheel: system-deps $(STAMP) bpf
 	rm -rf build/lib.* build/bdist.* dist/*.whl
 	$(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
+
+# dist/podlock-<version>.oci.tar, image localhost/podlock:<version>, built from Debian packages
+# and the wheel without any registry (deploy/image/build.sh says how).
+image: wheel
+	$(call apt_install,$(IMAGE_APT_PACKAGES))
+	deploy/image/build.sh $(BIN)/pip
 
 lint: $(STAMP)
 	$(BIN)/ruff check webhook detector certs tests setup.py
