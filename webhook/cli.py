@@ -18,6 +18,7 @@ _HANDLERS = {
     "serve": "webhook.serve:run",
     "certs": "certs.cli:run",
     "detect": "detector.agent:run",
+    "version": "webhook.version:run",
 }
 
 
@@ -108,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument(
         "--metrics-bind", metavar="HOST:PORT", help="serve Prometheus metrics (off by default)"
     )
+
+    sub.add_parser("version", help="podlock's version, compiled or not, the BPF object's build id")
     return parser
 
 
