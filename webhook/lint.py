@@ -101,7 +101,7 @@ def judged_refs(
 
 def _skipped(source: Source, document: Document, unjudged: shapes.Unjudged) -> Skipped:
     path = (*unjudged.object_path, *unjudged.path)
-    what = "a container" if unjudged.path[-1] == "container" else "containers"
+    what = "containers" if unjudged.path[-1] == "containers" else "an image"
     return Skipped(
         file=source.name,
         line=manifests.line_of(document.node, path),

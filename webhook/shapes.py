@@ -7,9 +7,9 @@ Deployment's: every `template: {spec: {containers: [...]}}` in such an object, a
 (`spec.template`, `spec.template.jobTemplate.spec.template`, `spec.workerGroupSpecs[0].template`).
 
 Containers anywhere else in such an object (a Prometheus's `spec.containers`, which are patches
-to the operator's own; a KServe predictor; an Argo Workflow step's `container`) are reported as
-not judged: podlock cannot tell what the controller makes of them, and says so rather than pass
-them silently.
+to the operator's own; a KServe predictor; an Argo Workflow step's `container`, a Tekton step:
+any mapping with an `image`) are reported as not judged: podlock cannot tell what the
+controller makes of them, and says so rather than pass them silently.
 
 Not walked: kinds of Kubernetes' own API groups (their pod specs are the known ones, and
 PodTemplate is walked), and policy engines' objects, whose pod specs are patterns to match
@@ -39,7 +39,7 @@ class Unjudged:
     name: str
     namespace: str
     object_path: Path  # from the document root to the object
-    path: Path  # from the object to the `containers` list or lone `container`
+    path: Path  # from the object to a `containers` list or a mapping with an `image`
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +103,7 @@ def _containers(
     obj: Mapping[str, Any],
 ) -> Iterator[tuple[Path, Mapping[str, Any], Mapping[str, Any] | None]]:
     """(path, mapping, template) for every pod template's spec (with its template), and the
-    path of every other `containers` list or lone `container` (template None), outside
+    path of every other `containers` list or mapping with an `image` (template None), outside
     metadata and status."""
     seen: set[int] = set()
     stack: list[tuple[Path, object, Mapping[str, Any] | None]] = [
@@ -121,9 +121,9 @@ def _containers(
                 else:
                     yield (*path, "containers"), value, None
                 continue
-            single = value.get("container")
-            if isinstance(single, dict) and isinstance(single.get("image"), str):
-                yield (*path, "container"), single, None
+            if isinstance(value.get("image"), str):  # a container by another name
+                yield path, value, None
+                continue
             stack.extend(
                 ((*path, key), child, value if key == "spec" and path[-1] == "template" else None)
                 for key, child in reversed(list(value.items()))

@@ -36,7 +36,7 @@ def test_pod_templates_of_unknown_kinds_are_judged_in_text() -> None:
     lines = result.stdout.splitlines()
     assert lines[-1] == (
         "6 findings (privileged-container: 1, root-user: 1, writable-root-filesystem: 4), "
-        "2 not judged in 5 files, 6 pod specs"
+        "3 not judged in 5 files, 6 pod specs"
     )
     assert (
         f"{NOT_JUDGED}:11: not judged: Prometheus/monitoring/k8s spec.containers: containers "
@@ -44,7 +44,11 @@ def test_pod_templates_of_unknown_kinds_are_judged_in_text() -> None:
     ) in lines
     assert (
         f"{NOT_JUDGED}:25: not judged: Workflow/nightly-export- spec.templates[0].container: "
-        "a container outside a pod template, which podlock does not judge"
+        "an image outside a pod template, which podlock does not judge"
+    ) in lines
+    assert (
+        f"{NOT_JUDGED}:60: not judged: Task/ci/build spec.steps[0]: "
+        "an image outside a pod template, which podlock does not judge"
     ) in lines
     assert not any("ClusterPolicy" in line for line in lines)  # Kyverno's pattern
 
@@ -74,7 +78,16 @@ def test_json_lists_findings_and_what_was_not_judged() -> None:
             "namespace": "",
             "name": "nightly-export-",
             "path": "spec.templates[0].container",
-            "message": "a container outside a pod template, which podlock does not judge",
+            "message": "an image outside a pod template, which podlock does not judge",
+        },
+        {
+            "file": NOT_JUDGED,
+            "line": 60,
+            "kind": "Task",
+            "namespace": "ci",
+            "name": "build",
+            "path": "spec.steps[0]",
+            "message": "an image outside a pod template, which podlock does not judge",
         },
     ]
 
@@ -97,8 +110,13 @@ def test_sarif_has_results_for_templates_and_warnings_for_the_rest() -> None:
         ),
         (
             "warning",
-            "Workflow/nightly-export- spec.templates[0].container: a container outside a pod "
+            "Workflow/nightly-export- spec.templates[0].container: an image outside a pod "
             "template, which podlock does not judge",
+        ),
+        (
+            "warning",
+            "Task/ci/build spec.steps[0]: an image outside a pod template, which podlock does "
+            "not judge",
         ),
     ]
 
