@@ -1,6 +1,7 @@
 """`podlock lint`: manifests in, findings out, with the admission webhook's own policy.
 
-files -> documents (manifests) -> pod specs (podspecs) -> violations (policy) -> report.
+files -> documents (manifests, as kubectl reads them: kubeyaml) -> pod specs (podspecs; of
+other kinds: shapes) -> violations (policy) -> report.
 `--fix` writes the hardening plan (hardening, the same plan the mutating webhook patches
 with) into the files' text (fixer); `--diff` shows that change and writes nothing.
 
@@ -9,9 +10,10 @@ findings:
     0  no findings
     1  findings (after --fix: what the fix could not remove; with --diff: findings, or a fix
        still to apply)
-    2  usage, policy-file or input errors: an unreadable or unparsable file, a workload
-       without apiVersion, a fix that could not be written safely (all other files are still
-       linted and reported)
+    2  usage, policy-file or input errors: an unreadable or unparsable file, a value kubectl
+       refuses or YAML readers disagree on, a workload without apiVersion, a fix that could
+       not be written safely (all other files are still linted and reported)
+Containers reported as not judged (shapes) leave the exit code as it is.
 Streams: the report goes to stdout, except that with --diff stdout carries the unified diff
 and with --fix on stdin (`-`) the fixed stream; the report then goes to stderr. Stdin is
 reported as `<stdin>` (`stdin` in SARIF).
