@@ -35,7 +35,8 @@ def test_pod_templates_of_unknown_kinds_are_judged_in_text() -> None:
     assert result.code == 1
     lines = result.stdout.splitlines()
     assert lines[-1] == (
-        "6 findings (privileged-container: 1, root-user: 1, writable-root-filesystem: 4), "
+        "24 findings (mutable-image-reference: 6, privilege-escalation: 7, "
+        "privileged-container: 1, root-user: 1, run-as-non-root: 5, writable-root-filesystem: 4), "
         "3 not judged in 5 files, 6 pod specs"
     )
     assert (
@@ -129,8 +130,9 @@ def test_fix_hardens_the_templates_and_leaves_the_rest(tmp_path: Path, settings:
     assert result.code == 1  # the privileged and root containers remain
     after = {p.name: p.read_text() for p in copy.iterdir()}
     assert after["not-judged.yaml"] == before["not-judged.yaml"]
-    assert after["knative-service.yaml"] == before["knative-service.yaml"]  # already read-only
-    for name in ("argo-rollout.yaml", "openkruise.yaml"):
+    # Knative's is read-only already; the strict profile still sets runAsNonRoot and
+    # allowPrivilegeEscalation: false there
+    for name in ("argo-rollout.yaml", "openkruise.yaml", "knative-service.yaml"):
         assert after[name] != before[name]
         check_fix_invariants(before[name], after[name], settings)
     remaining = {
