@@ -1,6 +1,7 @@
 """`podlock lint`: manifests in, findings out, with the admission webhook's own policy.
 
-files -> documents (manifests) -> pod specs (podspecs) -> violations (policy) -> report.
+files -> documents (manifests, as kubectl reads them: kubeyaml) -> pod specs (podspecs; of
+other kinds: shapes) -> violations (policy) -> report.
 `--fix` writes the hardening plan (hardening, the same plan the mutating webhook patches
 with) into the files' text (fixer); `--diff` shows that change and writes nothing.
 
@@ -9,13 +10,16 @@ findings:
     0  no findings
     1  findings (after --fix: what the fix could not remove; with --diff: findings, or a fix
        still to apply)
-    2  usage, policy-file or input errors: an unreadable or unparsable file, a workload
-       without apiVersion, a fix that could not be written safely (all other files are still
-       linted and reported)
+    2  usage, policy-file or input errors: an unreadable or unparsable file, a value kubectl
+       refuses or YAML readers disagree on, a workload without apiVersion, a fix that could
+       not be written safely (all other files are still linted and reported)
+Containers reported as not judged (shapes) leave the exit code as it is.
 Streams: the report goes to stdout, except that with --diff stdout carries the unified diff
 and with --fix on stdin (`-`) the fixed stream; the report then goes to stderr. Stdin is
 reported as `<stdin>` (`stdin` in SARIF).
 Objects whose metadata.namespace is exempt in the policy are not judged (as at admission).
+Objects of kinds podlock does not know are judged by their pod templates, and containers
+outside a template are reported as not judged (shapes).
 """
 
 from __future__ import annotations
@@ -29,11 +33,11 @@ from typing import TYPE_CHECKING, BinaryIO, Literal, TextIO
 
 import yaml
 
-from webhook import manifests, policy
+from webhook import manifests, policy, shapes
 from webhook.config import IMAGE_RULE, ConfigError, Settings, load_settings
 from webhook.manifests import STDIN, Document, ParseError, Source
 from webhook.podspecs import POD_SPEC_PATHS, Path, PodSpecRef, pod_specs
-from webhook.reports import Finding, Format, Report, render
+from webhook.reports import Finding, Format, Report, Skipped, render
 
 if TYPE_CHECKING:
     from webhook.hardening import Add
@@ -49,19 +53,35 @@ class Linted:
     findings: list[Finding]
     errors: list[ParseError]  # objects that are not valid Kubernetes objects
     judged: int  # pod specs judged
+    skipped: list[Skipped]  # containers found but not judged
 
 
 def judged_refs(
-    source: Source, settings: Settings, errors: list[ParseError] | None = None
+    source: Source,
+    settings: Settings,
+    errors: list[ParseError] | None = None,
+    skipped: list[Skipped] | None = None,
 ) -> Iterator[tuple[int, Document, PodSpecRef]]:
-    """The pod specs that admission would judge, with their document and its index.
+    """The pod specs that admission would judge, with their document and its index; and the
+    pod templates of objects of unknown kinds (shapes), which their controllers' Pods get.
 
     Skipped: objects in an exempt namespace (admission never sees them) and workload-kind
-    objects without an apiVersion (kubectl refuses them; reported into `errors`).
+    objects without an apiVersion (kubectl refuses them; reported into `errors`). Containers
+    outside a pod template in objects of unknown kinds are reported into `skipped`.
     """
     for index, document in enumerate(source.documents):
-        for ref in pod_specs(document.value):
-            object_path = ref.path[: len(ref.path) - len(POD_SPEC_PATHS[ref.kind])]
+        found = shapes.by_shape(document.value)
+        if skipped is not None:
+            skipped.extend(
+                _skipped(source, document, unjudged)
+                for unjudged in found.unjudged
+                if unjudged.namespace not in settings.exempt_namespaces
+            )
+        known = [
+            (ref.path[: len(ref.path) - len(POD_SPEC_PATHS[ref.kind])], ref)
+            for ref in pod_specs(document.value)
+        ]
+        for object_path, ref in [*known, *found.judged]:
             api_version = _get(document.value, (*object_path, "apiVersion"))
             if not isinstance(api_version, str) or not api_version:
                 if errors is not None:
@@ -80,6 +100,20 @@ def judged_refs(
             yield index, document, ref
 
 
+def _skipped(source: Source, document: Document, unjudged: shapes.Unjudged) -> Skipped:
+    path = (*unjudged.object_path, *unjudged.path)
+    what = "containers" if unjudged.path[-1] == "containers" else "an image"
+    return Skipped(
+        file=source.name,
+        line=manifests.line_of(document.node, path),
+        kind=unjudged.kind,
+        namespace=unjudged.namespace,
+        name=unjudged.name,
+        path=manifests.field_name(unjudged.path),
+        message=f"{what} outside a pod template, which podlock does not judge",
+    )
+
+
 def _get(value: object, path: Path) -> object:
     for step in path:
         if isinstance(value, dict) and isinstance(step, str):
@@ -95,8 +129,9 @@ def lint_source(source: Source, settings: Settings) -> Linted:
     """Findings for every judged pod spec in the source (pure: no I/O)."""
     findings: list[Finding] = []
     errors: list[ParseError] = []
+    skipped: list[Skipped] = []
     judged = 0
-    for _, document, ref in judged_refs(source, settings, errors):
+    for _, document, ref in judged_refs(source, settings, errors, skipped):
         judged += 1
         for violation in policy.evaluate(ref.spec, settings, "lint", None, ref.annotations):
             findings.append(
@@ -112,7 +147,7 @@ def lint_source(source: Source, settings: Settings) -> Linted:
                 )
             )
     findings.sort(key=lambda f: f.line)  # stable: documents and containers keep their order
-    return Linted(findings, errors, judged)
+    return Linted(findings, errors, judged, skipped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +244,7 @@ class FileOutcome:
     findings: tuple[Finding, ...] = ()
     errors: tuple[ParseError, ...] = ()
     judged: int = 0
+    skipped: tuple[Skipped, ...] = ()
     fixed_containers: int = 0  # hardened (or, with --diff, that would be)
     diff: str = ""
     text: str | None = None  # stdin's text after --fix
@@ -249,6 +285,7 @@ def process(name: str, settings: Settings, mode: Mode, stdin: bytes | None = Non
         findings=tuple(linted.findings),
         errors=(*errors, *linted.errors),
         judged=linted.judged,
+        skipped=tuple(linted.skipped),
         fixed_containers=fixed_containers,
         diff=diff,
         text=text,
@@ -292,6 +329,7 @@ def main(options: Options, stdin: BinaryIO, stdout: TextIO, stderr: TextIO) -> i
         fixed_containers=sum(o.fixed_containers for o in outcomes),
         fixed_files=sum(1 for o in outcomes if o.fixed_containers),
         fixing=FIXING[mode],
+        skipped=tuple(s for o in outcomes for s in o.skipped),
     )
     rendered = render(report, options.format, _version() if options.format == "sarif" else "0")
     fixed_stdin = next((o.text for o in outcomes if o.text is not None), None)
@@ -353,4 +391,5 @@ def lint_paths(paths: Iterable[str], settings: Settings) -> Report:
         errors=(*errors, *(e for o in outcomes for e in o.errors)),
         files=len(names),
         pod_specs=sum(o.judged for o in outcomes),
+        skipped=tuple(s for o in outcomes for s in o.skipped),
     )

@@ -51,6 +51,25 @@ class Finding:
 
 
 @dataclass(frozen=True, slots=True)
+class Skipped:
+    """Containers found in an object of an unknown kind outside a pod template (shapes.py):
+    not judged, and said so."""
+
+    file: str
+    line: int
+    kind: str
+    namespace: str  # "" when the manifest sets none
+    name: str
+    path: str  # where in the object: `spec.containers`
+    message: str
+
+    @property
+    def subject(self) -> str:
+        name = self.name or "<unnamed>"
+        return f"{self.kind}/{self.namespace}/{name}" if self.namespace else f"{self.kind}/{name}"
+
+
+@dataclass(frozen=True, slots=True)
 class Report:
     findings: tuple[Finding, ...]
     errors: tuple[ParseError, ...]
@@ -59,6 +78,7 @@ class Report:
     fixed_containers: int = 0  # containers hardened by --fix / --diff
     fixed_files: int = 0
     fixing: Literal["", "fixed", "would fix"] = ""
+    skipped: tuple[Skipped, ...] = ()
 
 
 def render(report: Report, fmt: Format, version: str = "0") -> str:
@@ -73,6 +93,9 @@ def render_text(report: Report) -> str:
     lines = [
         f"{f.file}:{f.line}: {f.subject} {f.container or '(pod)'} {f.rule}: {f.message}"
         for f in report.findings
+    ]
+    lines += [
+        f"{s.file}:{s.line}: not judged: {s.subject} {s.path}: {s.message}" for s in report.skipped
     ]
     lines += [f"{e.file}:{e.line or 0}: error: {e.message}" for e in report.errors]
     if report.fixing:
@@ -93,6 +116,8 @@ def summary(report: Report) -> str:
     found = _count(len(report.findings), "finding")
     if by_rule:
         found += " (" + ", ".join(f"{rule}: {n}" for rule, n in sorted(by_rule.items())) + ")"
+    if report.skipped:
+        found += f", {len(report.skipped)} not judged"
     errors = f", {_count(len(report.errors), 'error')}" if report.errors else ""
     scanned = f"{_count(report.files, 'file')}, {_count(report.pod_specs, 'pod spec')}"
     return f"{found}{errors} in {scanned}"
@@ -106,6 +131,7 @@ def render_json(report: Report) -> str:
     document = {
         "findings": [asdict(f) for f in report.findings],
         "errors": [asdict(e) for e in report.errors],
+        "skipped": [asdict(s) for s in report.skipped],
     }
     return json.dumps(document, indent=2) + "\n"
 
@@ -130,6 +156,13 @@ def sarif(report: Report, version: str, cwd: str | None = None) -> dict[str, Any
             "locations": [_location(e.file, e.line, base)],
         }
         for e in report.errors
+    ] + [
+        {
+            "level": "warning",
+            "message": {"text": f"{s.subject} {s.path}: {s.message}"},
+            "locations": [_location(s.file, s.line, base)],
+        }
+        for s in report.skipped
     ]
     return {
         "$schema": SARIF_SCHEMA,

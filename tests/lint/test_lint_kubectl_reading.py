@@ -186,6 +186,22 @@ def test_keys_merges_and_tags_read_as_kubectl_sends_them(tmp_path: Path) -> None
         assert same(mine, real), (block, mine, real)
 
 
+def test_json_reads_as_kubectl_sends_it(tmp_path: Path) -> None:
+    """kubectl decodes a file that starts with `{` as JSON; podlock reads it as YAML, which
+    must come to the same values (numbers especially)."""
+    text = json.dumps(
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "j"}, "spec": {"containers": []}}
+    ).replace(
+        '"containers": []',
+        '"containers": [{"name": "c", "securityContext": {"runAsUser": 0.0, "runAsGroup": 1E3, '
+        '"fsGroup": -0, "privileged": true, "privileged": false, "x": 1.5e-7, "y": "0e0"}}]',
+    )
+    (theirs,) = kubectl_reads(text, tmp_path)
+    (ours,) = [d.value for d in parse(text).documents]
+    assert same(ours, theirs)
+    assert contexts(ours)[0]["runAsUser"] == 0 and contexts(ours)[0]["privileged"] is False
+
+
 REFUSED_VALUES = {".inf", "-.Inf", ".nan", "!!float .inf", "!!int 1.5", "!!bool maybe"}
 REFUSED = [
     *[(f"runAsUser: {value}", "runAsUser") for value in sorted(REFUSED_VALUES)],
