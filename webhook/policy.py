@@ -39,6 +39,35 @@ MUTABLE_IMAGE = IMAGE_RULE
 
 # Volume types the kubelet always mounts read-only (the API's own data and image volumes).
 READ_ONLY_VOLUMES = frozenset({"configMap", "secret", "downwardAPI", "projected", "image"})
+# Every volume type of core/v1, to name a volume's type in messages; a key not listed here (a
+# type from a newer API) leaves the type unknown, which is judged writable.
+VOLUME_TYPES = READ_ONLY_VOLUMES | {
+    "hostPath",
+    "emptyDir",
+    "persistentVolumeClaim",
+    "ephemeral",
+    "csi",
+    "gitRepo",
+    "nfs",
+    "iscsi",
+    "rbd",
+    "cephfs",
+    "fc",
+    "flexVolume",
+    "glusterfs",
+    "awsElasticBlockStore",
+    "gcePersistentDisk",
+    "azureDisk",
+    "azureFile",
+    "cinder",
+    "vsphereVolume",
+    "portworxVolume",
+    "scaleIO",
+    "storageos",
+    "quobyte",
+    "photonPersistentDisk",
+    "flocker",
+}
 # The kubelet's default terminationMessagePath (the API server sets it on every container).
 TERMINATION_LOG = "/dev/termination-log"
 # Where the kubelet and container runtimes keep their state and sockets: a hostPath at, above
@@ -340,7 +369,7 @@ def _volumes(spec: Mapping[str, Any]) -> dict[str, tuple[str, Mapping[str, Any]]
     if isinstance(items, list):
         for volume in items:
             if isinstance(volume, dict) and isinstance(volume.get("name"), str):
-                kind = next((k for k in volume if k != "name"), "")
+                kind = next((k for k in volume if k in VOLUME_TYPES), "")
                 found[volume["name"]] = (kind, volume)
     return found
 
