@@ -214,12 +214,34 @@ RULES: Mapping[str, RuleInfo] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
 class Violation:
-    rule: str
-    container: str
-    path: Path  # relative to the pod spec: the field to change
-    message: str
+    """One finding. A plain class, not a frozen dataclass: compiled by mypyc it is a native
+    object, where a frozen dataclass is built through Python-level setattr calls, and the
+    strict profile builds one for every tag-only image of every pod."""
+
+    def __init__(
+        self,
+        rule: str,
+        container: str,  # "" for the pod itself
+        path: Path,  # relative to the pod spec: the field to change
+        message: str,
+    ) -> None:
+        self.rule = rule
+        self.container = container
+        self.path = path
+        self.message = message
+
+    def _fields(self) -> tuple[str, str, Path, str]:
+        return (self.rule, self.container, self.path, self.message)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Violation) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return f"Violation{self._fields()!r}"
 
     def describe(self) -> str:
         where = f'container "{self.container}"' if self.container else "pod"
