@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from webhook.config import ImageProfile, Settings, capability_name, clean_path, under_any
-from webhook.podspecs import ContainerRef, Path, PodSpecRef, containers, mapping
+from webhook.podspecs import ContainerRef, Path, PodSpecRef, containers
 from webhook.policy import (
     PRIVILEGE_ESCALATION,
     RUN_AS_NON_ROOT,
@@ -63,6 +63,7 @@ class Hardening:
 
 
 NOTHING = Hardening((), (), ())
+_NO_CONTEXT: Mapping[str, Any] = {}  # read, never written
 
 
 def plan(ref: PodSpecRef, settings: Settings) -> list[Add]:
@@ -122,7 +123,7 @@ def plan_hardening(
         if context is not None and not isinstance(context, dict):
             notes.append(f'container "{name}": securityContext is not a mapping: left alone')
             continue
-        own = context or {}
+        own = context if context is not None else _NO_CONTEXT
         wanted: dict[str, Any] = {}
         made_read_only = read_only and own.get("readOnlyRootFilesystem") is None
         if made_read_only:
@@ -137,7 +138,7 @@ def plan_hardening(
         if no_escalation and own.get("allowPrivilegeEscalation") is None:
             # The API server refuses false next to privileged or an added SYS_ADMIN: leave
             # those for validation to refuse by name.
-            added = mapping(capabilities).get("add")
+            added = capabilities.get("add") if isinstance(capabilities, dict) else None
             if own.get("privileged") is not True and not (
                 isinstance(added, list)
                 and any(isinstance(a, str) and capability_name(a) == "SYS_ADMIN" for a in added)
@@ -187,11 +188,6 @@ def plan_hardening(
     return Hardening(tuple(ops), tuple(changes), tuple(notes), frozenset(keys))
 
 
-@functools.lru_cache(maxsize=64)
-def _describe_keys(keys: tuple[str, ...]) -> str:
-    return ", ".join(_SHOWN[key] for key in keys)
-
-
 _SHOWN = {
     "readOnlyRootFilesystem": "readOnlyRootFilesystem: true",
     "runAsNonRoot": "runAsNonRoot: true",
@@ -199,10 +195,17 @@ _SHOWN = {
     "capabilities": "capabilities.drop: [ALL]",
     "seccompProfile": "seccompProfile: RuntimeDefault",
 }
+# "readOnlyRootFilesystem: true, runAsNonRoot: true" per tuple of keys set; bounded by the
+# orderings of the five keys above (a plain dict: a lookup here is cheaper than lru_cache's).
+_DESCRIBED: dict[tuple[str, ...], str] = {}
 
 
 def _describe(wanted: Mapping[str, Any]) -> str:
-    return _describe_keys(tuple(wanted))
+    keys = tuple(wanted)
+    text = _DESCRIBED.get(keys)
+    if text is None:
+        text = _DESCRIBED[keys] = ", ".join(_SHOWN[key] for key in keys)
+    return text
 
 
 def writable_paths_for(

@@ -32,8 +32,9 @@ ROUNDS = int(os.environ.get("PODLOCK_BENCH_ROUNDS", "5"))
 TARGET = 1.15  # a /mutate review may cost at most 15% more than the baseline
 
 # Run in the child, with the target tree first on sys.path: prints µs per /mutate and
-# /validate review, the fastest of 15 timeit repeats (as timeit's documentation advises: on a
-# shared machine the slower repeats measure the neighbours, not the code).
+# /validate review: the fastest of 400 timeit repeats of 20 calls (as timeit's documentation
+# advises; on a shared machine a longer batch is nearly always cut by a neighbour, so short
+# batches and many of them).
 CHILD = """
 import base64, json, sys, timeit
 import jsonpatch
@@ -54,7 +55,7 @@ assert verdict["allowed"], verdict
 compiled = any(getattr(m, "__file__", "").endswith(".so") for m in [sys.modules["webhook.review"]])
 def per(raw, endpoint):
     loop = lambda: review(raw, endpoint, "enforce", settings)
-    return min(timeit.repeat(loop, number=500, repeat=15)) / 500 * 1e6
+    return min(timeit.repeat(loop, number=20, repeat=400)) / 20 * 1e6
 print(json.dumps({"mutate": per(body, "mutate"), "validate": per(validated, "validate"),
                   "compiled": compiled}))
 """
@@ -101,8 +102,8 @@ def main() -> int:
         f"Python {platform.python_version()}, load average at start {load:.2f}",
         f"- {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; `review()` on examples/admission-review-pod"
         ".json (/mutate) and on the pod after podlock's patch (/validate), enforce mode; "
-        f"{ROUNDS} interleaved rounds of a fresh interpreter per target, each the fastest of 15 "
-        "timeit repeats of 500 calls; the median round is shown",
+        f"{ROUNDS} interleaved rounds of a fresh interpreter per target, each the fastest of 400 "
+        "timeit repeats of 20 calls; the median round is shown",
         "",
         "| target | compiled | /mutate µs | /validate µs |",
         "|---|---|---:|---:|",
