@@ -249,13 +249,21 @@ def _unmounted(wanted: Sequence[str], existing: list[Any] | None) -> list[str]:
     return left
 
 
-@functools.lru_cache(maxsize=4096)
+# (container, path) -> volume name; emptied when it reaches 4096 entries (see _POINTERS).
+_VOLUME_NAMES: dict[tuple[str, str], str] = {}
+
+
 def _volume_name(container: str, path: str) -> str:
     """A DNS label: names too long keep a digest of the whole."""
-    name = f"podlock-{_slug(container)}-{_slug(path)}"
-    if len(name) > MAX_NAME:
-        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-        name = f"{name[: MAX_NAME - 9].rstrip('-')}-{digest}"
+    name = _VOLUME_NAMES.get((container, path))
+    if name is None:
+        name = f"podlock-{_slug(container)}-{_slug(path)}"
+        if len(name) > MAX_NAME:
+            digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+            name = f"{name[: MAX_NAME - 9].rstrip('-')}-{digest}"
+        if len(_VOLUME_NAMES) >= 4096:
+            _VOLUME_NAMES.clear()
+        _VOLUME_NAMES[(container, path)] = name
     return name
 
 
@@ -344,10 +352,20 @@ def _forbidden(path: str, forbidden: Iterable[str]) -> bool:
     return any(path == f or (f != "/" and _covers(f, path)) or _covers(path, f) for f in forbidden)
 
 
-@functools.lru_cache(maxsize=4096)
+# path -> JSON Pointer. Plans repeat the same few shapes; emptied when it reaches 4096
+# entries. A plain dict: from compiled code its lookup costs a fraction of lru_cache's call.
+_POINTERS: dict[Path, str] = {}
+
+
 def pointer(path: Path) -> str:
-    """RFC 6901 JSON Pointer for a path (cached: plans repeat the same few shapes)."""
-    return "".join("/" + str(step).replace("~", "~0").replace("/", "~1") for step in path)
+    """RFC 6901 JSON Pointer for a path."""
+    text = _POINTERS.get(path)
+    if text is None:
+        if len(_POINTERS) >= 4096:
+            _POINTERS.clear()
+        text = "".join("/" + str(step).replace("~", "~0").replace("/", "~1") for step in path)
+        _POINTERS[path] = text
+    return text
 
 
 def to_json_patch(ops: Iterable[Add], prefix: Path) -> list[dict[str, Any]]:

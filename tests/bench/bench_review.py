@@ -4,9 +4,10 @@ CREATE (/mutate) and on the pod as hardened (/validate), each in a fresh interpr
 Targets are a source tree (its `webhook/` package, compiled or not) and a policy; they are
 timed interleaved, several rounds, so a busy neighbour slows them all alike. By default the
 targets are this tree under the embedded policy (`profile: strict`) and under
-`profile: core`; `--baseline DIR` adds another checkout's `webhook/` (say the commit before a
-change, built with `make compile` there) under its own embedded policy, so a change's cost is
-measured against what it replaced on the same machine in the same minutes.
+`profile: core`; `--baseline DIR` (or PODLOCK_BENCH_BASELINE, for run_all.py) adds another
+checkout's `webhook/` (say the commit before a change, built with `make compile` there) under
+its own embedded policy, so a change's cost is measured against what it replaced on the same
+machine in the same minutes.
 
 Writes tests/bench/results/review.md.
 """
@@ -79,7 +80,11 @@ def _run(tree: Path, policy: str) -> dict[str, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--baseline", help="another checkout whose webhook/ is the baseline")
+    parser.add_argument(
+        "--baseline",
+        default=os.environ.get("PODLOCK_BENCH_BASELINE"),
+        help="another checkout whose webhook/ is the baseline",
+    )
     args = parser.parse_args()
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="podlock-bench-") as tmp:
