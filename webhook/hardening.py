@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from webhook.config import ImageProfile, Settings, capability_name, clean_path, under_any
-from webhook.podspecs import ContainerRef, Path, PodSpecRef, containers, mapping
+from webhook.podspecs import ContainerRef, Path, PodSpecRef, containers
 from webhook.policy import (
     PRIVILEGE_ESCALATION,
     RUN_AS_NON_ROOT,
@@ -63,6 +63,7 @@ class Hardening:
 
 
 NOTHING = Hardening((), (), ())
+_NO_CONTEXT: Mapping[str, Any] = {}  # read, never written
 
 
 def plan(ref: PodSpecRef, settings: Settings) -> list[Add]:
@@ -122,7 +123,7 @@ def plan_hardening(
         if context is not None and not isinstance(context, dict):
             notes.append(f'container "{name}": securityContext is not a mapping: left alone')
             continue
-        own = context or {}
+        own = context if context is not None else _NO_CONTEXT
         wanted: dict[str, Any] = {}
         made_read_only = read_only and own.get("readOnlyRootFilesystem") is None
         if made_read_only:
@@ -137,7 +138,7 @@ def plan_hardening(
         if no_escalation and own.get("allowPrivilegeEscalation") is None:
             # The API server refuses false next to privileged or an added SYS_ADMIN: leave
             # those for validation to refuse by name.
-            added = mapping(capabilities).get("add")
+            added = capabilities.get("add") if isinstance(capabilities, dict) else None
             if own.get("privileged") is not True and not (
                 isinstance(added, list)
                 and any(isinstance(a, str) and capability_name(a) == "SYS_ADMIN" for a in added)
@@ -187,11 +188,6 @@ def plan_hardening(
     return Hardening(tuple(ops), tuple(changes), tuple(notes), frozenset(keys))
 
 
-@functools.lru_cache(maxsize=64)
-def _describe_keys(keys: tuple[str, ...]) -> str:
-    return ", ".join(_SHOWN[key] for key in keys)
-
-
 _SHOWN = {
     "readOnlyRootFilesystem": "readOnlyRootFilesystem: true",
     "runAsNonRoot": "runAsNonRoot: true",
@@ -199,10 +195,17 @@ _SHOWN = {
     "capabilities": "capabilities.drop: [ALL]",
     "seccompProfile": "seccompProfile: RuntimeDefault",
 }
+# "readOnlyRootFilesystem: true, runAsNonRoot: true" per tuple of keys set; bounded by the
+# orderings of the five keys above (a plain dict: a lookup here is cheaper than lru_cache's).
+_DESCRIBED: dict[tuple[str, ...], str] = {}
 
 
 def _describe(wanted: Mapping[str, Any]) -> str:
-    return _describe_keys(tuple(wanted))
+    keys = tuple(wanted)
+    text = _DESCRIBED.get(keys)
+    if text is None:
+        text = _DESCRIBED[keys] = ", ".join(_SHOWN[key] for key in keys)
+    return text
 
 
 def writable_paths_for(
@@ -246,13 +249,21 @@ def _unmounted(wanted: Sequence[str], existing: list[Any] | None) -> list[str]:
     return left
 
 
-@functools.lru_cache(maxsize=4096)
+# (container, path) -> volume name; emptied when it reaches 4096 entries (see _POINTERS).
+_VOLUME_NAMES: dict[tuple[str, str], str] = {}
+
+
 def _volume_name(container: str, path: str) -> str:
     """A DNS label: names too long keep a digest of the whole."""
-    name = f"podlock-{_slug(container)}-{_slug(path)}"
-    if len(name) > MAX_NAME:
-        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-        name = f"{name[: MAX_NAME - 9].rstrip('-')}-{digest}"
+    name = _VOLUME_NAMES.get((container, path))
+    if name is None:
+        name = f"podlock-{_slug(container)}-{_slug(path)}"
+        if len(name) > MAX_NAME:
+            digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+            name = f"{name[: MAX_NAME - 9].rstrip('-')}-{digest}"
+        if len(_VOLUME_NAMES) >= 4096:
+            _VOLUME_NAMES.clear()
+        _VOLUME_NAMES[(container, path)] = name
     return name
 
 
@@ -341,10 +352,20 @@ def _forbidden(path: str, forbidden: Iterable[str]) -> bool:
     return any(path == f or (f != "/" and _covers(f, path)) or _covers(path, f) for f in forbidden)
 
 
-@functools.lru_cache(maxsize=4096)
+# path -> JSON Pointer. Plans repeat the same few shapes; emptied when it reaches 4096
+# entries. A plain dict: from compiled code its lookup costs a fraction of lru_cache's call.
+_POINTERS: dict[Path, str] = {}
+
+
 def pointer(path: Path) -> str:
-    """RFC 6901 JSON Pointer for a path (cached: plans repeat the same few shapes)."""
-    return "".join("/" + str(step).replace("~", "~0").replace("/", "~1") for step in path)
+    """RFC 6901 JSON Pointer for a path."""
+    text = _POINTERS.get(path)
+    if text is None:
+        if len(_POINTERS) >= 4096:
+            _POINTERS.clear()
+        text = "".join("/" + str(step).replace("~", "~0").replace("/", "~1") for step in path)
+        _POINTERS[path] = text
+    return text
 
 
 def to_json_patch(ops: Iterable[Add], prefix: Path) -> list[dict[str, Any]]:

@@ -39,6 +39,35 @@ MUTABLE_IMAGE = IMAGE_RULE
 
 # Volume types the kubelet always mounts read-only (the API's own data and image volumes).
 READ_ONLY_VOLUMES = frozenset({"configMap", "secret", "downwardAPI", "projected", "image"})
+# Every volume type of core/v1, to name a volume's type in messages; a key not listed here (a
+# type from a newer API) leaves the type unknown, which is judged writable.
+VOLUME_TYPES = READ_ONLY_VOLUMES | {
+    "hostPath",
+    "emptyDir",
+    "persistentVolumeClaim",
+    "ephemeral",
+    "csi",
+    "gitRepo",
+    "nfs",
+    "iscsi",
+    "rbd",
+    "cephfs",
+    "fc",
+    "flexVolume",
+    "glusterfs",
+    "awsElasticBlockStore",
+    "gcePersistentDisk",
+    "azureDisk",
+    "azureFile",
+    "cinder",
+    "vsphereVolume",
+    "portworxVolume",
+    "scaleIO",
+    "storageos",
+    "quobyte",
+    "photonPersistentDisk",
+    "flocker",
+}
 # The kubelet's default terminationMessagePath (the API server sets it on every container).
 TERMINATION_LOG = "/dev/termination-log"
 # Where the kubelet and container runtimes keep their state and sockets: a hostPath at, above
@@ -185,12 +214,34 @@ RULES: Mapping[str, RuleInfo] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
 class Violation:
-    rule: str
-    container: str
-    path: Path  # relative to the pod spec: the field to change
-    message: str
+    """One finding. A plain class, not a frozen dataclass: compiled by mypyc it is a native
+    object, where a frozen dataclass is built through Python-level setattr calls, and the
+    strict profile builds one for every tag-only image of every pod."""
+
+    def __init__(
+        self,
+        rule: str,
+        container: str,  # "" for the pod itself
+        path: Path,  # relative to the pod spec: the field to change
+        message: str,
+    ) -> None:
+        self.rule = rule
+        self.container = container
+        self.path = path
+        self.message = message
+
+    def _fields(self) -> tuple[str, str, Path, str]:
+        return (self.rule, self.container, self.path, self.message)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Violation) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return f"Violation{self._fields()!r}"
 
     def describe(self) -> str:
         where = f'container "{self.container}"' if self.container else "pod"
@@ -340,7 +391,7 @@ def _volumes(spec: Mapping[str, Any]) -> dict[str, tuple[str, Mapping[str, Any]]
     if isinstance(items, list):
         for volume in items:
             if isinstance(volume, dict) and isinstance(volume.get("name"), str):
-                kind = next((k for k in volume if k != "name"), "")
+                kind = next((k for k in volume if k in VOLUME_TYPES), "")
                 found[volume["name"]] = (kind, volume)
     return found
 

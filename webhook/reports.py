@@ -6,9 +6,11 @@ import json
 import os
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import PurePath
 from typing import Any, Literal
+
+import orjson
 
 from webhook.manifests import STDIN_NAME, ParseError
 from webhook.policy import RULES
@@ -127,12 +129,22 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+_FINDING_FIELDS = tuple(field.name for field in fields(Finding))
+
+
 def render_json(report: Report) -> str:
     document = {
-        "findings": [asdict(f) for f in report.findings],
+        # Not asdict(): it deep-copies every value, and the strict profile's thousands of
+        # findings over a repository made that a fifth of a lint run.
+        "findings": [{name: getattr(f, name) for name in _FINDING_FIELDS} for f in report.findings],
         "errors": [asdict(e) for e in report.errors],
         "skipped": [asdict(s) for s in report.skipped],
     }
+    # orjson writes the same text as json.dumps(indent=2) ten times faster, except that it
+    # leaves non-ASCII and DEL unescaped: those rare reports take the slow path.
+    raw = orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+    if raw.isascii() and b"\x7f" not in raw:
+        return raw.decode()
     return json.dumps(document, indent=2) + "\n"
 
 

@@ -271,7 +271,11 @@ def _answer(
     if mode == "enforce":
         # A rule whose action is warn (mutable-image-reference) warns, even here.
         warn_only = settings.image_action == "warn"
-        refused = [v.describe() for v in violations if not (warn_only and v.rule == IMAGE_RULE)]
+        refused = [
+            line
+            for v, line in zip(violations, lines, strict=True)
+            if not (warn_only and v.rule == IMAGE_RULE)
+        ]
         if refused:
             subject = f"{request.kind} {request.namespace}/{_object_name(request)}"
             message = f"podlock denied {subject}: " + "; ".join(refused)

@@ -1,7 +1,10 @@
 """podlock's verdicts against checkov's on the corpus (`checkov-verdicts.json`, checkov 3.3.30).
 
 CKV_K8S_16 (privileged) ~ privileged-container; CKV_K8S_22 (read-only root filesystem) ~
-writable-root-filesystem, both failing an unset value like `podlock lint` does. For every
+writable-root-filesystem, both failing an unset value like `podlock lint` does; CKV_K8S_23
+(root containers: passes with runAsNonRoot true or a non-zero runAsUser, container's or pod's)
+~ run-as-non-root, the strict profile's rule (podlock used to report only an explicit UID 0
+here, so this comparison is new; they agree on every object). For every
 object both tools report, the verdicts must agree or the difference must be listed below with
 its reason; objects only one tool reports must fall in one of the listed coverage classes.
 A new unexplained difference, or a listed one that no longer happens, fails the test.
@@ -21,9 +24,9 @@ from webhook import manifests
 from webhook.config import Settings
 from webhook.lint import judged_refs
 from webhook.podspecs import CONTAINER_GROUPS
-from webhook.policy import PRIVILEGED, WRITABLE_ROOT, evaluate
+from webhook.policy import PRIVILEGED, RUN_AS_NON_ROOT, WRITABLE_ROOT, evaluate
 
-CHECKS = {"CKV_K8S_16": PRIVILEGED, "CKV_K8S_22": WRITABLE_ROOT}
+CHECKS = {"CKV_K8S_16": PRIVILEGED, "CKV_K8S_22": WRITABLE_ROOT, "CKV_K8S_23": RUN_AS_NON_ROOT}
 
 # (file, kind, namespace as checkov writes it, name, check)
 Key = tuple[str, str, str, str, str]
@@ -46,6 +49,14 @@ COVERAGE: list[tuple[str, str, Callable[[Key], bool], str, int]] = [
         "kube-system is exempt in the default policy: admission never judges it, so lint "
         "does not either",
         3,
+    ),
+    (
+        "checkov",
+        "no pod template",
+        lambda k: k[4] == "CKV_K8S_23" and k[2] != "kube-system",
+        "Deployments with no spec.template (kube-linter fixtures): checkov's CKV_K8S_23 fails "
+        "them for want of a pod securityContext; podlock finds no pod spec to judge",
+        2,
     ),
     (
         "podlock",
@@ -104,7 +115,7 @@ def test_verdicts_agree_on_every_object_both_report(
 ) -> None:
     checkov, podlock = both
     common = sorted(set(checkov) & set(podlock))
-    assert len(common) > 1100  # ~585 objects x 2 checks
+    assert len(common) > 1700  # ~585 objects x 3 checks
     differ = {
         k: (checkov[k], podlock[k]) for k in common if Counter(checkov[k]) != Counter(podlock[k])
     }

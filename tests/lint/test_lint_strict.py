@@ -192,3 +192,13 @@ def _template_spec(document: dict[str, object], kind: str) -> dict[str, object]:
         value = value[step]
     assert isinstance(value, dict)
     return value
+
+
+@pytest.mark.parametrize("message", ["plain", "caf\u00e9", "del \x7f", "nul \x00 tab \t"])
+def test_json_report_is_what_json_dumps_writes(message: str) -> None:
+    from webhook.reports import Finding, Report, render_json
+
+    finding = Finding("f.yaml", 3, "Pod", "", "p", "", "host-access", message)
+    report = Report(findings=(finding,), errors=(), files=1, pod_specs=1)
+    document = {"findings": [json.loads(render_json(report))["findings"][0]], "errors": []}
+    assert render_json(report) == json.dumps(document, indent=2) + "\n"

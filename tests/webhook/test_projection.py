@@ -22,7 +22,7 @@ from webhook import projection
 from webhook.config import MODES, Mode, Settings, load_settings
 from webhook.hardening import WRITABLE_PATHS_KEY
 from webhook.podspecs import POD_SPEC_PATHS, WORKLOAD_KINDS
-from webhook.policy import OPT_OUT_KEY, READ_ONLY_VOLUMES
+from webhook.policy import OPT_OUT_KEY, VOLUME_TYPES
 from webhook.review import Endpoint, RequestError, review
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "admission"
@@ -100,7 +100,7 @@ def test_the_projection_keeps_every_annotation_and_label_podlock_reads() -> None
 
 def test_the_projection_names_every_read_only_volume_type() -> None:
     # A read-only type the schema dropped would leave a volume with no type: judged writable.
-    assert set(projection._Volume.__annotations__) >= READ_ONLY_VOLUMES
+    assert set(projection._Volume.__annotations__) == {"name", *VOLUME_TYPES}
 
 
 OPT_OUT_POLICY = Settings(pod_opt_out_namespaces=frozenset({"shop"}))
@@ -144,6 +144,8 @@ SECURITY = (*CONTAINER, "securityContext")
         ((*CONTAINER, "imagePullPolicy"), "Always"),
         ((*SPEC, "volumes"), [{"name": "cfg", "configMap": {"name": "c", "items": []}}]),
         ((*SPEC, "volumes"), [{"name": "cfg", "emptyDir": {}}]),
+        ((*SPEC, "volumes"), [{"name": "cfg", "futureType": {}, "configMap": {}}]),
+        ((*SPEC, "volumes"), [{"name": "cfg", "futureType": {"path": "/"}}]),
         ((*SPEC, "volumes"), [{"name": "host", "hostPath": {"path": "/etc/localtime"}}]),
         ((*SPEC, "volumes"), [{"name": "host", "hostPath": "/"}]),
         ((*SPEC, "hostPID"), True),

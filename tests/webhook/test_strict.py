@@ -621,3 +621,15 @@ def test_an_image_profile_path_is_writable_for_that_image_only(settings: Setting
     )
     found = {(v.rule, v.container) for v in evaluate(spec, profiled, "template")}
     assert found == {("writable-mount", "api")}
+
+
+def test_apparmor_annotation_is_read_where_the_manifest_has_it(settings: Settings) -> None:
+    # lint reads the whole manifest; at admission the API server has already copied the
+    # annotation into appArmorProfile (pkg/registry/core/pod/strategy.go), which is judged.
+    spec = pod(c("web"), c("side"))
+    annotations = {
+        "container.apparmor.security.beta.kubernetes.io/web": "unconfined",
+        "container.apparmor.security.beta.kubernetes.io/side": "runtime/default",
+    }
+    found = {(v.rule, v.container) for v in evaluate(spec, settings, "lint", None, annotations)}
+    assert found == {("security-profile", "web")}
