@@ -8,6 +8,7 @@ import unicodedata
 
 import orjson
 import pytest
+from escapes import unescape
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -93,29 +94,6 @@ NASTY = [
 def _alert_with(name: bytes) -> Alert:
     path = name.decode("utf-8", "surrogateescape")  # as decode() hands paths over
     return ALERT._replace(output=f"Write (file={path})", output_fields={"fd.name": path})
-
-
-def unescape(text: str) -> bytes:
-    """The inverse of escape_text, written independently: C-style escapes back to bytes."""
-    out, i = bytearray(), 0
-    while i < len(text):
-        char = text[i]
-        if char != "\\":
-            out += char.encode()
-            i += 1
-            continue
-        kind = text[i + 1]
-        if kind in "\\nrt":
-            out += {"\\": b"\\", "n": b"\n", "r": b"\r", "t": b"\t"}[kind]
-            i += 2
-        elif kind == "x":
-            out.append(int(text[i + 2 : i + 4], 16))
-            i += 4
-        else:
-            assert kind == "u", text
-            out += chr(int(text[i + 2 : i + 6], 16)).encode()
-            i += 6
-    return bytes(out)
 
 
 @pytest.mark.parametrize("name", NASTY)
