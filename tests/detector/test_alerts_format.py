@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import tracemalloc
 import unicodedata
 
 import orjson
@@ -143,3 +144,17 @@ def test_lists_in_a_field_split_back_exactly(items: list[str]) -> None:
 def test_plain_lists_read_as_before() -> None:
     assert join_items(["/a/1", "/a/2"]) == "/a/1,/a/2"
     assert join_items(["/a/x,y", "/a/b\\c"]) == "/a/x\\,y,/a/b\\\\c"
+
+
+def test_an_encoded_alert_holds_only_its_own_bytes() -> None:
+    """Queues keep alerts as their JSON: each must cost its length, not the capacity of
+    the encoder's buffer (orjson's grows to 8 KiB for a 1.3 KiB alert)."""
+    alert = ALERT._replace(output_fields={f"field.{i}": "x" * 50 for i in range(20)})
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [alert.to_json_bytes() for _ in range(1000)]
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 1.5 * sum(map(len, kept))
