@@ -6,9 +6,11 @@ sink (in order, once), what is counted when it cannot, and that the caller never
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -449,3 +451,22 @@ def test_a_path_that_is_not_utf8_stays_valid_json() -> None:
     doc = orjson.loads(json_line(_not_utf8(1)))["output_fields"]
     assert doc["fd.name"] == "/etc/ev\\xffil"
     assert base64.b64decode(doc["fd.name.b64"]) == b"/etc/ev\xffil"
+
+
+def test_shutdown_is_bounded_even_when_stdout_never_drains() -> None:
+    """A stdout pipe that nobody reads: the write blocks for good, shutdown does not."""
+    read_end, write_end = os.pipe()
+    stream = os.fdopen(write_end, "wb")
+    out = one(StdoutWriter(stream))
+    try:
+        out.emit_many([alert(n) for n in range(2000)])  # far more than a pipe holds
+        started = time.monotonic()
+        out.close(drain_s=0.5)
+        assert time.monotonic() - started < 0.5 + 2.0 + 1.0
+        stats = out.stats()["out"]
+        assert stats.dropped > 0 and stats.queued == 0
+    finally:
+        os.close(read_end)  # the blocked write fails now; its sender thread ends
+        wait_for(lambda: not [t for t in threading.enumerate() if t.name == "podlock-out"])
+        with contextlib.suppress(OSError):
+            stream.close()
