@@ -34,7 +34,7 @@ from detector.config import (
 from detector.errors import ConfigError
 from detector.outputs import Output, Outputs, build_outputs
 from detector.outputs import delivery as delivery_module
-from detector.outputs.base import Formatter, Writer, json_line, text_line
+from detector.outputs.base import Formatter, Retry, Writer, json_line, text_line
 from detector.outputs.delivery import Limits
 from detector.outputs.file import FileWriter
 from detector.outputs.http import HttpWriter
@@ -470,3 +470,20 @@ def test_shutdown_is_bounded_even_when_stdout_never_drains() -> None:
         wait_for(lambda: not [t for t in threading.enumerate() if t.name == "podlock-out"])
         with contextlib.suppress(OSError):
             stream.close()
+
+
+def test_a_batch_written_after_the_program_exited_is_sent_again() -> None:
+    """The program exits between two writes (no idle check in between): the second batch
+    and whatever the first left unread come back to be sent to the next program."""
+    writer = ProgramWriter("exit 0", True)
+    try:
+        writer.write([b"one"])
+        pending: list[bytes] = []
+    except Retry as err:
+        pending = err.resend
+    time.sleep(0.3)  # it has exited
+    with pytest.raises(Retry) as info:
+        writer.write([b"two", b"three"])
+    assert info.value.resend[-2:] == [b"two", b"three"]
+    assert b"one" in pending + info.value.resend
+    writer.close()
