@@ -137,6 +137,10 @@ def test_a_slow_program_output_during_a_60k_write_burst_loses_no_event(
     assert metric(after, "lost_records_total", side="kernel") == 0
     assert metric(after, "lost_records_total", side="user") == 0
     assert opens >= 60_000
+    timed = metric(after, "rule_evaluation_seconds_count") - metric(
+        before, "rule_evaluation_seconds_count"
+    )
+    assert timed >= opens // 64 - 1 and metric(after, "rule_evaluation_seconds_sum") > 0
     assert not [a for a in d.alerts() if a["rule"] == LOST]
     # the program is behind: its alerts wait in its own queue, none lost unaccounted
     waiting = metric(after, "output_queue_depth", output="program")
