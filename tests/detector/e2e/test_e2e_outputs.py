@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import signal
 import socket
 import subprocess
 import tarfile
@@ -40,7 +39,6 @@ from tests.detector.e2e.conftest import (
     Detector,
     podlock_cmd,
     start_container,
-    start_detector,
     stop_container,
     stop_detector,
 )
@@ -74,11 +72,24 @@ def metric(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((f"podlock_detector_{name}", tuple(sorted(labels.items()))), 0.0)
 
 
-def start(workdir: Path, config: str, port: int) -> Detector:
+def start(workdir: Path, config: str, port: int, json: bool = True) -> Detector:
+    """`podlock detect --config … --metrics-bind …` (JSON alerts on stdout unless `json` is
+    False). No PODLOCK_EVENTS_LOG: a JSON line per event would cost more than the rules."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "podlock.yaml").write_text(config)
-    extra = ["--config", str(workdir / "podlock.yaml"), "--metrics-bind", f"127.0.0.1:{port}"]
-    return start_detector(workdir, extra)
+    stdout, pidfile = workdir / ("alerts.jsonl" if json else "alerts.txt"), workdir / "pid"
+    pidfile.unlink(missing_ok=True)
+    args = ["detect", "--config", str(workdir / "podlock.yaml"), "--pidfile", str(pidfile),
+            "--metrics-bind", f"127.0.0.1:{port}", *(["--json"] if json else [])]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("NODE_NAME", "PODLOCK_EVENTS_LOG")}
+    with stdout.open("wb") as out, (workdir / "stderr.txt").open("wb") as err:
+        proc = subprocess.Popen([*podlock_cmd(), *args], stdout=out, stderr=err, env=env)
+    deadline = time.monotonic() + 30
+    while not pidfile.exists():
+        assert proc.poll() is None, (workdir / "stderr.txt").read_text(errors="replace")
+        assert time.monotonic() < deadline, "the detector did not attach within 30 s"
+        time.sleep(0.05)
+    return Detector(proc, stdout, workdir / "no-events-log", pidfile)
 
 
 @pytest.fixture
@@ -124,7 +135,7 @@ def test_a_slow_program_output_during_a_60k_write_burst_loses_no_event(
         # alerts still flow at once while the program works through its queue (another
         # container: the burst's own rule and container are rate-limited by now)
         marker.exec("echo after > /etc/after-burst")
-        d.wait_for(lambda a: bool(of(a, ROOTFS_WRITE, marker)), timeout=60)
+        d.wait_for(lambda a: bool(of(a, ROOTFS_WRITE, marker)), timeout=120)
         after = scrape(port)
     finally:
         stop_detector(d)
@@ -263,6 +274,7 @@ def test_a_program_output_that_exits_at_once(e2e_dir: Path, fresh: Callable[[], 
         "rate_limit: {rate: 10, max_burst: 100}\n"
     )
     d = start(e2e_dir / "exits-at-once", config, port)
+    started = time.monotonic()
     try:
         c = fresh()
         for n in range(10):
@@ -281,7 +293,8 @@ def test_a_program_output_that_exits_at_once(e2e_dir: Path, fresh: Callable[[], 
     stderr = (e2e_dir / "exits-at-once" / "stderr.txt").read_text()
     problems = [line for line in stderr.splitlines() if "program (exit 3) output" in line]
     assert any("exited with status 3" in p or "stopped reading" in p for p in problems)
-    assert len(problems) <= 4  # every failure counted, a line per 10 s at most
+    # every failure counted; a failure line and a recovery line per 10 s at most, + shutdown
+    assert len(problems) <= 2 * ((time.monotonic() - started) // 10 + 1) + 1
     shutdown = [p for p in problems if "shutdown" in p]
     assert shutdown  # what was left is said, not lost silently
     assert alerts >= 10
@@ -317,32 +330,14 @@ def _sh_bytes(name: bytes) -> str:
     return "".join(f"\\{b:03o}" for b in name)
 
 
-def start_text(workdir: Path) -> tuple[subprocess.Popen[bytes], Path, Path]:
-    """A detector writing Falco's text lines to stdout (no --json)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    config, out, pid = workdir / "podlock.yaml", workdir / "alerts.txt", workdir / "pid"
-    config.write_text("rate_limit: {rate: 10, max_burst: 100}\n")
-    pid.unlink(missing_ok=True)
-    with out.open("wb") as stdout, (workdir / "stderr.txt").open("wb") as stderr:
-        proc = subprocess.Popen(
-            [*podlock_cmd(), "detect", "--config", str(config), "--pidfile", str(pid)],
-            stdout=stdout,
-            stderr=stderr,
-            env={k: v for k, v in os.environ.items() if k != "NODE_NAME"},
-        )
-    deadline = time.monotonic() + 30
-    while not pid.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "text detector did not start"
-        time.sleep(0.05)
-    return proc, out, pid
-
-
 def test_hostile_file_names_keep_both_streams_parseable(
     e2e_dir: Path, fresh: Callable[[], Container]
 ) -> None:
     port = free_port()
     d = start(e2e_dir / "names-json", "rate_limit: {rate: 10, max_burst: 100}\n", port)
-    text_proc, text_out, _ = start_text(e2e_dir / "names-text")
+    plain = start(e2e_dir / "names-text", "rate_limit: {rate: 10, max_burst: 100}\n",
+                 free_port(), json=False)  # fmt: skip
+    text_out = plain.stdout
     try:
         c = fresh()
         script = "; ".join(f"echo x > \"$(printf '{_sh_bytes(n)}')\"" for n in NAMES)
@@ -370,8 +365,7 @@ def test_hostile_file_names_keep_both_streams_parseable(
             time.sleep(0.2)
     finally:
         stop_detector(d)
-        text_proc.send_signal(signal.SIGTERM)
-        text_proc.wait(timeout=15)
+        stop_detector(plain)
 
     # JSON: strict parsing of every line; each name's exact bytes recoverable
     lines = d.stdout.read_bytes().splitlines()
