@@ -12,7 +12,7 @@ Exposed series:
 - `podlock_detector_lost_records_total{side}`: records lost before evaluation: `kernel`
   (the ring buffer was full) or `user` (a record that could not be decoded).
 - `podlock_detector_rule_evaluation_seconds` (summary: `_sum`, `_count`): time in the rule
-  engine per event.
+  engine per event, over a sample of one event in 64.
 - `podlock_detector_output_queue_depth{output}`, `podlock_detector_output_queue_bytes{output}`:
   alerts waiting in each output's queue, and their bytes.
 - `podlock_detector_output_delivered_total{output}`, `..._dropped_total{output}`,
@@ -25,7 +25,6 @@ Exposed series:
 from __future__ import annotations
 
 import threading
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
@@ -40,18 +39,27 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from detector.errors import ConfigError
+from detector.fields import EVT_TYPES
 from detector.outputs import Outputs
 
 PREFIX = "podlock_detector"
+
+
+def _every_type() -> dict[str, int]:
+    return dict.fromkeys(EVT_TYPES, 0)
 
 
 @dataclass
 class EventCounts:
     """What the event loop counts per event (plain ints: a scrape only reads them)."""
 
-    by_type: Counter[str] = field(default_factory=Counter)
+    by_type: dict[str, int] = field(default_factory=_every_type)
+    """Events evaluated by type; every type is a key from the start (a dict subscript
+    costs ~50 ns, a Counter's ~15 times that)."""
     evaluation_ns: int = 0
+    """Time in the rule engine, summed over the sampled events."""
     evaluations: int = 0
+    """Events timed (one in 64: reading the clock costs more than a cheap rule)."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +88,8 @@ class DetectorCollector(Collector):
             events.add_metric([kind], n)
         yield events
         evaluation = SummaryMetricFamily(
-            f"{PREFIX}_rule_evaluation_seconds", "Time in the rule engine per event."
+            f"{PREFIX}_rule_evaluation_seconds",
+            "Time in the rule engine per event (one event in 64 is timed).",
         )
         evaluation.add_metric([], counts.evaluations, counts.evaluation_ns / 1e9)
         yield evaluation

@@ -6,7 +6,6 @@ waits for a sink: a slow or dead one fills its own queue and drops, counted, fro
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Sequence
 
 from detector.alerts import Alert
@@ -38,7 +37,8 @@ class Output:
 class Outputs:
     def __init__(self, outputs: Sequence[Output]) -> None:
         self.outputs = tuple(outputs)
-        self.alerts: Counter[tuple[str, str]] = Counter()  # (rule, priority): alerts emitted
+        # (rule, priority): alerts emitted; bounded by the rules loaded
+        self.alerts: dict[tuple[str, str], int] = {}
         self._formats = tuple({o.fmt: None for o in self.outputs})
 
     def emit(self, alert: Alert) -> None:
@@ -51,7 +51,8 @@ class Outputs:
             return
         counts = self.alerts
         for a in alerts:
-            counts[a.rule, a.priority._value_] += 1
+            key = (a.rule, a.priority._value_)
+            counts[key] = counts.get(key, 0) + 1
         lines = {fmt: [fmt(a) for a in alerts] for fmt in self._formats}
         for out in self.outputs:
             out.delivery.put(lines[out.fmt])

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import orjson
 
-from detector.alerts import Alert
+from detector.alerts import Alert, exact
 
 Formatter = Callable[[Alert], bytes]  # one line, no newline
 
@@ -34,7 +34,7 @@ def mark_json(line: bytes, dropped: int) -> bytes:
     doc = orjson.loads(line)
     fields = doc.setdefault("output_fields", {})
     fields[DROPS_FIELD] = int(fields.get(DROPS_FIELD, 0)) + dropped
-    return orjson.dumps(doc)
+    return exact(orjson.dumps(doc))
 
 
 class Retry(Exception):

@@ -23,6 +23,7 @@ log = logging.getLogger("podlock.detector.outputs")
 
 LOG_EVERY_S = 10.0
 FIRST_BACKOFF_S = 0.1
+ABORT_WAIT_S = 2.0  # at shutdown, for a sender unblocked by Writer.abort to finish
 IDLE_CHECK_S = 0.25  # how soon an idle output notices a sink that lost lines (program exit)
 
 
@@ -224,8 +225,11 @@ class Delivery:
         self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():  # stuck in a write: unblock it
             self.writer.abort()
-            self._thread.join(5.0)
+            self._thread.join(ABORT_WAIT_S)
         self._give_up()
+        if self._thread.is_alive():  # a write nothing can unblock (a stdout pipe nobody reads)
+            log.warning("%s output: still blocked in a write at shutdown", self.writer.label)
+            return  # its sender is a daemon thread; closing the writer under it could hang
         lost = self.writer.close()
         if lost:
             with self._lock:

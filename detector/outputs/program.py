@@ -38,25 +38,23 @@ class ProgramWriter:
         self._window_bytes = 0
         self._pipe_size = 65536
 
-    def _start(self) -> subprocess.Popen[bytes]:
-        try:
-            proc = _spawn(self._command)
-        except OSError as err:
-            raise Retry(f"cannot start it: {err.strerror}", []) from None
-        assert proc.stdin is not None
-        with contextlib.suppress(OSError):
-            self._pipe_size = fcntl.fcntl(proc.stdin.fileno(), _F_GETPIPE_SZ)
-        return proc
-
     def write(self, lines: list[bytes]) -> None:
         if not self._keep_alive:
             for line in lines:
                 self._run_once(line)
             return
-        self.check()
         proc = self._proc
+        if proc is not None and proc.poll() is not None:  # exited since the last write
+            lost = self._lost()
+            raise Retry(f"exited with status {proc.returncode}", lost + lines, len(lost))
         if proc is None:
-            proc = self._proc = self._start()
+            try:
+                proc = self._proc = _spawn(self._command)
+            except OSError as err:
+                raise Retry(f"cannot start it: {err.strerror}", lines) from None
+            assert proc.stdin is not None
+            with contextlib.suppress(OSError):  # bounds what it may leave unread
+                self._pipe_size = fcntl.fcntl(proc.stdin.fileno(), _F_GETPIPE_SZ)
         assert proc.stdin is not None
         fd = proc.stdin.fileno()
         data = memoryview(b"".join(line + b"\n" for line in lines))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
+import tracemalloc
 import unicodedata
 
 import orjson
 import pytest
+from escapes import unescape
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -95,29 +97,6 @@ def _alert_with(name: bytes) -> Alert:
     return ALERT._replace(output=f"Write (file={path})", output_fields={"fd.name": path})
 
 
-def unescape(text: str) -> bytes:
-    """The inverse of escape_text, written independently: C-style escapes back to bytes."""
-    out, i = bytearray(), 0
-    while i < len(text):
-        char = text[i]
-        if char != "\\":
-            out += char.encode()
-            i += 1
-            continue
-        kind = text[i + 1]
-        if kind in "\\nrt":
-            out += {"\\": b"\\", "n": b"\n", "r": b"\r", "t": b"\t"}[kind]
-            i += 2
-        elif kind == "x":
-            out.append(int(text[i + 2 : i + 4], 16))
-            i += 4
-        else:
-            assert kind == "u", text
-            out += chr(int(text[i + 2 : i + 6], 16)).encode()
-            i += 6
-    return bytes(out)
-
-
 @pytest.mark.parametrize("name", NASTY)
 def test_text_line_is_one_line_with_nothing_raw_and_decodes_back(name: bytes) -> None:
     line = _alert_with(name).to_text()
@@ -165,3 +144,17 @@ def test_lists_in_a_field_split_back_exactly(items: list[str]) -> None:
 def test_plain_lists_read_as_before() -> None:
     assert join_items(["/a/1", "/a/2"]) == "/a/1,/a/2"
     assert join_items(["/a/x,y", "/a/b\\c"]) == "/a/x\\,y,/a/b\\\\c"
+
+
+def test_an_encoded_alert_holds_only_its_own_bytes() -> None:
+    """Queues keep alerts as their JSON: each must cost its length, not the capacity of
+    the encoder's buffer (orjson's grows to 8 KiB for a 1.3 KiB alert)."""
+    alert = ALERT._replace(output_fields={f"field.{i}": "x" * 50 for i in range(20)})
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [alert.to_json_bytes() for _ in range(1000)]
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 1.5 * sum(map(len, kept))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 import urllib.request
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -42,7 +41,8 @@ def test_a_scrape_reads_every_count_live(tmp_path: Path) -> None:
          Output("program", ProgramWriter("sleep 30", True), json_line,
                 Limits(capacity=100, max_bytes=65536))]
     )  # fmt: skip
-    counts = EventCounts(Counter({"open": 7, "execve": 2}), evaluation_ns=3_000_000, evaluations=9)
+    counts = EventCounts(evaluation_ns=3_000_000, evaluations=9)
+    counts.by_type.update(open=7, execve=2)
     tables = {"procs": 40, "containers": 3, "kernel": 5, "user": 1}
     server = MetricsServer(
         "127.0.0.1:0",
@@ -85,6 +85,7 @@ def test_a_scrape_reads_every_count_live(tmp_path: Path) -> None:
     assert got[p + "output_dropped_total", program] >= 400
     assert got[p + "output_retries_total", (("output", "file"),)] == 0
     assert again[p + "events_total", (("type", "unlink"),)] == 1
+    assert got[p + "events_total", (("type", "mkdir"),)] == 0  # every type, from the start
     assert again[p + "tracked_processes", ()] == 41
     assert again[p + "output_delivered_total", (("output", "file"),)] == 601
 

@@ -6,9 +6,11 @@ sink (in order, once), what is counted when it cannot, and that the caller never
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -32,7 +34,7 @@ from detector.config import (
 from detector.errors import ConfigError
 from detector.outputs import Output, Outputs, build_outputs
 from detector.outputs import delivery as delivery_module
-from detector.outputs.base import Formatter, Writer, json_line, text_line
+from detector.outputs.base import Formatter, Retry, Writer, json_line, text_line
 from detector.outputs.delivery import Limits
 from detector.outputs.file import FileWriter
 from detector.outputs.http import HttpWriter
@@ -449,3 +451,39 @@ def test_a_path_that_is_not_utf8_stays_valid_json() -> None:
     doc = orjson.loads(json_line(_not_utf8(1)))["output_fields"]
     assert doc["fd.name"] == "/etc/ev\\xffil"
     assert base64.b64decode(doc["fd.name.b64"]) == b"/etc/ev\xffil"
+
+
+def test_shutdown_is_bounded_even_when_stdout_never_drains() -> None:
+    """A stdout pipe that nobody reads: the write blocks for good, shutdown does not."""
+    read_end, write_end = os.pipe()
+    stream = os.fdopen(write_end, "wb")
+    out = one(StdoutWriter(stream))
+    try:
+        out.emit_many([alert(n) for n in range(2000)])  # far more than a pipe holds
+        started = time.monotonic()
+        out.close(drain_s=0.5)
+        assert time.monotonic() - started < 0.5 + 2.0 + 1.0
+        stats = out.stats()["out"]
+        assert stats.dropped > 0 and stats.queued == 0
+    finally:
+        os.close(read_end)  # the blocked write fails now; its sender thread ends
+        wait_for(lambda: not [t for t in threading.enumerate() if t.name == "podlock-out"])
+        with contextlib.suppress(OSError):
+            stream.close()
+
+
+def test_a_batch_written_after_the_program_exited_is_sent_again() -> None:
+    """The program exits between two writes (no idle check in between): the second batch
+    and whatever the first left unread come back to be sent to the next program."""
+    writer = ProgramWriter("exit 0", True)
+    try:
+        writer.write([b"one"])
+        pending: list[bytes] = []
+    except Retry as err:
+        pending = err.resend
+    time.sleep(0.3)  # it has exited
+    with pytest.raises(Retry) as info:
+        writer.write([b"two", b"three"])
+    assert info.value.resend[-2:] == [b"two", b"three"]
+    assert b"one" in pending + info.value.resend
+    writer.close()
