@@ -1,7 +1,7 @@
 """`podlock serve --certs self-managed` against the real API server of the integration cluster:
 two replicas started together race for the Secret and one wins; both caBundles get its CA; a
-forced serving renewal and then a forced CA rotation happen while pods are created in a loop
-through both replicas, and not one create fails.
+forced serving renewal, a forced CA rotation and then the Secret's deletion happen while pods
+are created in a loop through both replicas, and not one create fails.
 
 The replicas are `podlock serve` processes on the host, each with its own certificate
 directory, authenticated as the chart's `podlock` ServiceAccount (a token from the TokenRequest
@@ -306,20 +306,41 @@ def test_two_replicas_share_one_ca_and_rotate_without_a_failed_review(
         wait_until(
             "reviews after the CA rotation", lambda: load.created > created_before_ca + 5, 60
         )
+        rotated = secret_data(cluster)
+        new_ca = x509.load_pem_x509_certificate(rotated["ca.crt"])
+        # The old CA stays trusted (a replica may still serve its pair until it reloads).
+        assert x509.load_pem_x509_certificates(rotated["retired-ca.crt"]) == [ca]
+        for bundle in ca_bundles(cluster):
+            assert x509.load_pem_x509_certificates(bundle) == [new_ca, ca]
+            for replica in replicas:
+                assert verifies(replica.served(), bundle)
+
+        # The Secret lost: the first replica to notice makes a third CA, and the CAs caBundle
+        # held stay trusted, so the other replica's pair keeps working until it reads the new one.
+        created_before_loss = load.created
+        cluster.kubectl("delete", "secret", SECRET, "-n", NAMESPACE)
+
+        def from_a_third_ca() -> bool:
+            found = cluster.kubectl("get", "secret", SECRET, "-n", NAMESPACE, check=False)
+            if found.returncode != 0:
+                return False
+            signing = x509.load_pem_x509_certificate(secret_data(cluster)["ca.crt"])
+            fresh = signing not in (ca, new_ca)
+            return fresh and all(_signed_by(r.served(), signing) for r in replicas)
+
+        wait_until("both replicas to serve a certificate from a third CA", from_a_third_ca, 60)
+        wait_until(
+            "reviews after the Secret was lost", lambda: load.created > created_before_loss + 5, 60
+        )
     finally:
         load.stop()
 
-    rotated = secret_data(cluster)
-    new_ca = x509.load_pem_x509_certificate(rotated["ca.crt"])
-    assert new_ca != ca
-    # The old CA stays trusted (a replica may still serve its pair until it reloads).
-    assert x509.load_pem_x509_certificates(rotated["retired-ca.crt"]) == [ca]
+    third = x509.load_pem_x509_certificate(secret_data(cluster)["ca.crt"])
     for bundle in ca_bundles(cluster):
-        assert x509.load_pem_x509_certificates(bundle) == [new_ca, ca]
-        for replica in replicas:
-            assert verifies(replica.served(), bundle)
+        assert x509.load_pem_x509_certificates(bundle)[0] == third
+        assert set(x509.load_pem_x509_certificates(bundle)) == {third, new_ca, ca}
     assert load.failures == [], load.failures[:5]
-    assert load.created >= 15
+    assert load.created >= 20
     assert load.hardened == load.created  # every create went through podlock's mutation
     logs = a.text() + b.text()
     assert "the next CA signs from now on" in logs
