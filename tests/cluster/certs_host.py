@@ -15,6 +15,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -81,6 +82,8 @@ class Load:
     created: int = 0
     hardened: int = 0
     failures: list[str] = field(default_factory=list)
+    # (time.monotonic() when the answer came, seconds the create took), one per 201
+    latencies: list[tuple[float, float]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -99,9 +102,11 @@ class Load:
         path = f"/api/v1/namespaces/{GOVERNED}/pods?dryRun=All"
         while not self._stop.is_set():
             try:
+                started = time.monotonic()
                 conn.request("POST", path, body, {"Content-Type": "application/json"})
                 response = conn.getresponse()
                 answer = response.read()
+                done = time.monotonic()
             except OSError as e:
                 self.failures.append(f"connection: {e}")
                 conn = self.cluster.connection()
@@ -110,6 +115,7 @@ class Load:
                 self.failures.append(f"{response.status}: {answer[:300]!r}")
                 continue
             self.created += 1
+            self.latencies.append((done, done - started))
             container = json.loads(answer)["spec"]["containers"][0]
             if (container.get("securityContext") or {}).get("readOnlyRootFilesystem"):
                 self.hardened += 1
