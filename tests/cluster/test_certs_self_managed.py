@@ -13,12 +13,14 @@ namespace, so no other test's pods pass through these replicas.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from certs_host import (
     KINDS,
     NAMESPACE,
@@ -38,7 +40,7 @@ from certs_host import (
 )
 from cluster import Cluster, wait_until
 from cryptography import x509
-from deploy_render import CHART, helm
+from deploy_render import CHART, helm, template
 
 from certs.keeper import Keeper, Target, api_client
 from certs.rotation import Policy
@@ -252,3 +254,36 @@ def test_a_create_race_has_one_winner(cluster: Cluster, chart_rbac: None, tmp_pa
             assert (tmp_path / name / "tls.crt").read_bytes() == stored["tls.crt"]
     finally:
         cluster.kubectl("delete", "secret", SECRET, "-n", NAMESPACE, "--ignore-not-found")
+
+
+def test_the_real_api_server_accepts_the_chart(cluster: Cluster) -> None:
+    """Every object of the default install and of the detector-less one, applied as a server-side
+    dry run (the API server's own validation and admission, nothing stored); and the webhook's
+    pod meets the Pod Security `restricted` profile, the detector's does not."""
+    cluster.create_namespace(NAMESPACE)
+    for values in ({}, {"detector": {"enabled": False}}):
+        objs = [doc for doc in yaml.safe_load_all(template(values)) if doc]
+        cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(objs))
+    restricted = "podlock-psa-restricted"
+    cluster.create_namespace(restricted, {"pod-security.kubernetes.io/enforce": "restricted"})
+    try:
+        objs = [doc for doc in yaml.safe_load_all(template({})) if doc]
+        verdicts = {}
+        for kind, name in (("Deployment", "podlock"), ("DaemonSet", "podlock-detector")):
+            (workload,) = [o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name]
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": f"psa-{name}", "namespace": restricted},
+                # PSA judges the pod, not its ServiceAccount (which this namespace lacks).
+                "spec": {**workload["spec"]["template"]["spec"], "serviceAccountName": "default"},
+            }
+            result = cluster.kubectl(
+                "create", "--dry-run=server", "-f", "-", input=json.dumps(pod), check=False
+            )
+            verdicts[kind] = (result.returncode == 0, result.stderr)
+        assert verdicts["Deployment"][0], verdicts["Deployment"][1]
+        assert not verdicts["DaemonSet"][0]
+        assert "violates PodSecurity" in verdicts["DaemonSet"][1]
+    finally:
+        cluster.kubectl("delete", "namespace", restricted, "--wait=false")
