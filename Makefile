@@ -15,6 +15,7 @@ CERTS := .certs
 APT_PACKAGES := python3-venv python3-dev gcc clang llvm libbpf-dev bpftool runc containerd \
 	busybox-static umoci containernetworking-plugins
 BENCH_APT_PACKAGES := wrk
+IMAGE_APT_PACKAGES := mmdebstrap
 
 BPF_DIR := detector/bpf
 BPF_SRC := $(wildcard $(BPF_DIR)/*.bpf.c)
@@ -24,12 +25,10 @@ BPF_OBJ := $(BPF_SRC:.bpf.c=.bpf.o)
 # it (git-ignored), which Python imports before the .py. A review costs about two thirds as
 # much (README, Design). webhook/__init__.py refuses a build older than its source.
 COMPILED := webhook/podspecs.py webhook/policy.py webhook/hardening.py webhook/review.py
+# setup.py reads this list and builds the same extensions into the wheel (make wheel).
 COMPILED_STAMP := build/compiled.stamp
-MYPYC_BUILD := import sys; from mypyc.build import mypycify; from setuptools import setup; \
-	setup(name="podlock-compiled", script_args=["--quiet", "build_ext", "--inplace", \
-	"--build-temp", "build/mypyc"], ext_modules=mypycify(sys.argv[1:], group_name="webhook._compiled"))
 
-.PHONY: run test lint typecheck unit bench bpf compile system-deps bench-deps venv clean \
+.PHONY: run test lint typecheck unit bench bpf compile system-deps bench-deps venv clean wheel image \
 	cluster-deps helm-deps deploy-manifests
 
 $(STAMP): pyproject.toml
@@ -40,9 +39,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-$(COMPILED_STAMP): $(COMPILED) webhook/config.py webhook/projection.py $(STAMP) | system-deps
+$(COMPILED_STAMP): $(COMPILED) webhook/config.py webhook/projection.py setup.py $(STAMP) | system-deps
 	rm -f webhook/*.so
-	$(BIN)/python -W ignore -c '$(MYPYC_BUILD)' $(COMPILED)
+	$(BIN)/python -W ignore setup.py --quiet build_ext --inplace --build-temp build/mypyc
 	touch webhook/*.so $@  # build_ext keeps the times of an unchanged build
 
 # The stamp alone would not notice .so files deleted by hand (to run the plain source for a
@@ -124,13 +123,29 @@ $(BPF_DIR)/vmlinux.h: | system-deps
 	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
 
 $(BPF_DIR)/%.bpf.o: $(BPF_DIR)/%.bpf.c $(wildcard $(BPF_DIR)/*.h) $(BPF_DIR)/vmlinux.h
-	clang -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_x86 -I$(BPF_DIR) -c $< -o $@
+	clang -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_x86 -fdebug-prefix-map=$(CURDIR)=. \
+	  -I$(BPF_DIR) -c $< -o $@
+	llvm-strip -g $@  # libbpf needs BTF, not DWARF: smaller, and no build path in the bytes
 
 bpf: system-deps $(BPF_DIR)/vmlinux.h $(BPF_OBJ)
 
+# dist/podlock-<version>-cp311-cp311-linux_x86_64.whl: the compiled admission path and the BPF
+# object inside (setup.py). Dated by the commit, so two builds of one commit are the same bytes.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 315532800)
+export SOURCE_DATE_EPOCH
+wheel: system-deps $(STAMP) bpf
+	rm -rf build/lib.* build/bdist.* dist/*.whl
+	$(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
+
+# dist/podlock-<version>.oci.tar, image localhost/podlock:<version>, built from Debian packages
+# and the wheel without any registry (deploy/image/build.sh says how).
+image: wheel
+	$(call apt_install,$(IMAGE_APT_PACKAGES))
+	deploy/image/build.sh $(BIN)/pip
+
 lint: $(STAMP)
-	$(BIN)/ruff check webhook detector certs tests
-	$(BIN)/ruff format --check webhook detector certs tests
+	$(BIN)/ruff check webhook detector certs tests setup.py
+	$(BIN)/ruff format --check webhook detector certs tests setup.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -150,4 +165,4 @@ bench: system-deps bench-deps $(STAMP) bpf compile
 	$(BIN)/python tests/bench/run_all.py
 
 clean:
-	rm -rf $(VENV) $(CERTS) $(BPF_DIR)/*.o $(BPF_DIR)/vmlinux.h build webhook/*.so
+	rm -rf $(VENV) $(CERTS) $(BPF_DIR)/*.o $(BPF_DIR)/vmlinux.h build dist webhook/*.so

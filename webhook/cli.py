@@ -18,6 +18,7 @@ _HANDLERS = {
     "serve": "webhook.serve:run",
     "certs": "certs.cli:run",
     "detect": "detector.agent:run",
+    "version": "webhook.version:run",
 }
 
 
@@ -97,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--rules", action="append", default=[], metavar="FILE")
     detect.add_argument("--json", action="store_true", help="JSON alerts on stdout")
     detect.add_argument("--pidfile", metavar="PATH")
+
+    sub.add_parser("version", help="podlock's version, compiled or not, the BPF object's build id")
     return parser
 
 
