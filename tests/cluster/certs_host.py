@@ -79,6 +79,7 @@ class Load:
     loop until stopped; every answer but 201 is kept."""
 
     cluster: Cluster
+    namespace: str = GOVERNED
     created: int = 0
     hardened: int = 0
     failures: list[str] = field(default_factory=list)
@@ -99,7 +100,7 @@ class Load:
     def _run(self) -> None:
         conn = self.cluster.connection()
         body = json.dumps(POD)
-        path = f"/api/v1/namespaces/{GOVERNED}/pods?dryRun=All"
+        path = f"/api/v1/namespaces/{self.namespace}/pods?dryRun=All"
         while not self._stop.is_set():
             try:
                 started = time.monotonic()
