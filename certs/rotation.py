@@ -5,8 +5,8 @@ time, it says what the Secret must hold, what every `caBundle` must be, and whic
 The API calls and the files are certs/keeper.py's.
 
 The Secret holds the signing CA and the serving pair it signed; during a CA rotation also the
-next CA; and the certificates of retired CAs, trusted until they expire. No review fails while
-certificates change, because a replica only ever serves a pair whose CA every `caBundle`
+next CA; and for `retire_delay` after a rotation, the retired CA's certificate. No review fails
+while certificates change, because a replica only ever serves a pair whose CA every `caBundle`
 already trusts:
 
 - The serving pair is renewed with a third of its life left, signed by the same CA: trusted.
@@ -14,8 +14,14 @@ already trusts:
   added to every `caBundle` beside the current one; nothing is signed with it yet. Once this
   code has seen it in every `caBundle` (the time is recorded in the Secret) and `trust_delay`
   has passed, so that every API server has picked the bundle up, it becomes the signing CA and
-  a new serving pair is issued from it. The old CA stays in `caBundle` until it expires, so a
-  replica that still serves the old pair keeps working until it reloads.
+  a new serving pair is issued from it. The old CA stays in `caBundle` for `retire_delay`, so a
+  replica that still serves the old pair keeps working until it reloads (each reads the Secret
+  every check interval, seconds to a minute); then it is dropped, so a CA rotated because its
+  key leaked stops being trusted within the hour.
+- When the Secret is lost (deleted, or its CA unusable), a new CA is made and the CAs every
+  `caBundle` held are kept trusted for `retire_delay` the same way, so replicas that have not
+  yet read the new Secret keep working. This also makes a switch from another certificate
+  source to self-managed certificates seamless.
 
 `podlock certs rotate` asks for either step early through an annotation on the Secret.
 """
@@ -39,16 +45,20 @@ RENEW_AT = 2 / 3  # of a certificate's lifetime: renewed with a third of it left
 # From the first sight of the next CA in every caBundle to signing with it: an API server
 # applies a changed webhook configuration within seconds; minutes cover a slow one.
 TRUST_DELAY = timedelta(minutes=5)
+# From a CA's retirement to dropping it from caBundle: every replica has read the Secret (and
+# reloaded) many times over by then.
+RETIRE_DELAY = timedelta(hours=1)
 
 # The Secret's keys. tls.crt/tls.key make it a valid kubernetes.io/tls Secret too.
 TLS_CERT, TLS_KEY = "tls.crt", "tls.key"
 CA_CERT, CA_KEY = "ca.crt", "ca.key"
 NEXT_CA_CERT, NEXT_CA_KEY = "next-ca.crt", "next-ca.key"
-RETIRED_CAS = "retired-ca.crt"  # PEM certificates, concatenated; each dropped once expired
+RETIRED_CAS = "retired-ca.crt"  # PEM certificates, concatenated, dropped at RETIRED_UNTIL
 # The annotations podlock reads and writes on the Secret (all under this prefix).
 ANNOTATION_PREFIX = "podlock.io/"
 ROTATE = "podlock.io/rotate"  # set by `podlock certs rotate`: "serving" or "ca"
 NEXT_CA_TRUSTED_SINCE = "podlock.io/next-ca-trusted-since"  # ISO 8601, UTC
+RETIRED_UNTIL = "podlock.io/retired-cas-trusted-until"  # ISO 8601, UTC
 
 Rotation = Literal["serving", "ca"]
 ROTATIONS: tuple[Rotation, ...] = get_args(Rotation)
@@ -73,6 +83,7 @@ class Policy:
     ca_validity: timedelta = CA_VALIDITY
     serving_validity: timedelta = SERVING_VALIDITY
     trust_delay: timedelta = TRUST_DELAY
+    retire_delay: timedelta = RETIRE_DELAY
 
 
 @dataclass(frozen=True)
@@ -110,7 +121,9 @@ def plan(
         requested = None
 
     ca = _pair(data, CA_CERT, CA_KEY, now)
+    retiring: list[x509.Certificate] = []  # CAs that stop signing now but stay trusted a while
     if ca is None:
+        retiring = _cas_trusted_by(bundles, now)
         if current is not None:
             events.append(f"the Secret holds no usable CA ({CA_CERT}, {CA_KEY}): made a new one")
         ca = _new_ca(now, policy)
@@ -135,10 +148,6 @@ def plan(
             f"signing once every caBundle has carried it for {policy.trust_delay}"
         )
 
-    stored_retired = _certificates(data.get(RETIRED_CAS, b""))
-    retired = [c for c in stored_retired if now < _not_after(c)]
-    if len(retired) < len(stored_retired):
-        events.append(f"no longer trusts {len(stored_retired) - len(retired)} expired old CA(s)")
     if next_ca is not None:
         since = _parse_time(annotations.get(NEXT_CA_TRUSTED_SINCE))
         if since is None and _all_trust(bundles, next_ca.cert):
@@ -146,17 +155,17 @@ def plan(
             annotations[NEXT_CA_TRUSTED_SINCE] = now.isoformat()
             events.append("every caBundle carries the next CA")
         if since is not None and now >= since + policy.trust_delay:
-            retired.insert(0, ca.cert)
+            retiring.insert(0, ca.cert)
             ca = next_ca
             next_ca = None
             data[CA_CERT], data[CA_KEY] = ca.pem.cert, ca.pem.key
             del data[NEXT_CA_CERT], data[NEXT_CA_KEY]
             annotations.pop(NEXT_CA_TRUSTED_SINCE, None)
-            events.append("the next CA signs from now on; the previous one stays trusted")
-    if retired:
-        data[RETIRED_CAS] = b"".join(_pem(c) for c in retired)
-    else:
-        data.pop(RETIRED_CAS, None)
+            events.append(
+                f"the next CA signs from now on; the previous one stays trusted for "
+                f"{policy.retire_delay}"
+            )
+    retired = _retire(data, annotations, [c for c in retiring if c != ca.cert], now, policy, events)
 
     serving = _pair(data, TLS_CERT, TLS_KEY, now)
     why = _serving_problem(serving, ca, now, policy, requested == "serving")
@@ -175,6 +184,57 @@ def plan(
         serving=serving.pem,
         events=tuple(events),
     )
+
+
+def _retire(
+    data: dict[str, bytes],
+    annotations: dict[str, str],
+    retiring: Sequence[x509.Certificate],
+    now: datetime,
+    policy: Policy,
+    events: list[str],
+) -> list[x509.Certificate]:
+    """The retired CAs still trusted, stored back: `retiring` joins them for `retire_delay`;
+    all are dropped once that has passed, an expired one at once (it verifies nothing)."""
+    stored = _certificates(data.get(RETIRED_CAS, b""))
+    until = _parse_time(annotations.get(RETIRED_UNTIL))
+    if stored and until is not None and now >= until:
+        events.append(f"no longer trusts {len(stored)} retired CA(s)")
+        stored = []
+    retired = [c for c in stored if now < _not_after(c)]
+    if len(retired) < len(stored):
+        events.append(f"no longer trusts {len(stored) - len(retired)} expired retired CA(s)")
+    if retiring:
+        retired = [*retiring, *(c for c in retired if c not in retiring)]
+        until = now + policy.retire_delay
+    if not retired:
+        data.pop(RETIRED_CAS, None)
+        annotations.pop(RETIRED_UNTIL, None)
+        return []
+    data[RETIRED_CAS] = b"".join(_pem(c) for c in retired)
+    if until is None:  # missing or unreadable (an edited Secret): never drop early
+        until = now + policy.retire_delay
+        events.append(f"retired CA(s) without a deadline: trusted until {until.isoformat()}")
+    annotations[RETIRED_UNTIL] = until.isoformat()
+    return retired
+
+
+def _cas_trusted_by(
+    bundles: Mapping[str, Sequence[bytes]], now: datetime
+) -> list[x509.Certificate]:
+    """The CA certificates, valid now, that the caBundles hold, each once."""
+    found: list[x509.Certificate] = []
+    for entries in bundles.values():
+        for bundle in entries:
+            for cert in _certificates(bundle):
+                try:
+                    is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+                except x509.ExtensionNotFound:
+                    is_ca = False
+                valid = cert.not_valid_before_utc <= now < _not_after(cert)
+                if is_ca and valid and cert not in found:
+                    found.append(cert)
+    return found
 
 
 def _serving_problem(

@@ -21,6 +21,7 @@ from certs.rotation import (
     NEXT_CA_KEY,
     NEXT_CA_TRUSTED_SINCE,
     RETIRED_CAS,
+    RETIRED_UNTIL,
     ROTATE,
     TLS_CERT,
     TLS_KEY,
@@ -74,6 +75,8 @@ WRONG_NAME = generate_serving(CA, "other", "podlock-system", now=NOW)
 FOREIGN = generate_serving(OTHER_CA, "podlock", "podlock-system", now=NOW)
 SINCE = (NOW - timedelta(minutes=6)).isoformat()  # longer ago than the 5-minute trust delay
 JUST_NOW = (NOW - timedelta(minutes=1)).isoformat()
+LATER = (NOW + timedelta(minutes=30)).isoformat()
+AN_HOUR_ON = {RETIRED_UNTIL: (NOW + timedelta(hours=1)).isoformat()}  # the default retire delay
 
 GOOD = stored_from(CA, SERVING)
 TRUSTS_CA = bundles_of(CA.cert)
@@ -86,6 +89,12 @@ TRUSTS_OLD_AND_NEXT = bundles_of(OLD_CA.cert + NEXT.cert)
 Case = tuple[str, dict[str, bytes] | None, dict[str, str], Mapping[str, Sequence[bytes]]]
 CASES: list[tuple[Case, tuple[str, bool, tuple[str, ...], bool, dict[str, str]]]] = [
     (("nothing stored", None, {}, {}), ("new", True, ("new",), True, {})),
+    # A lost Secret: the CAs caBundle holds stay trusted a while (replicas still serve them).
+    (("Secret lost", None, {}, TRUSTS_CA), ("new", True, ("new", "CA"), True, AN_HOUR_ON)),
+    (
+        ("Secret lost, caBundle holds no CA", None, {}, bundles_of(SERVING.cert)),
+        ("new", True, ("new",), True, {}),
+    ),
     (("all current", GOOD, {}, TRUSTS_CA), ("CA", False, ("CA",), False, {})),
     (("configurations missing", GOOD, {}, {}), ("CA", False, ("CA",), False, {})),
     (("caBundle empty", GOOD, {}, bundles_of(b"")), ("CA", False, ("CA",), False, {})),
@@ -111,11 +120,11 @@ CASES: list[tuple[Case, tuple[str, bool, tuple[str, ...], bool, dict[str, str]]]
     ),
     (
         ("CA expired", stored_from(EXPIRED_CA, SERVING), {}, TRUSTS_CA),
-        ("new", True, ("new",), True, {}),
+        ("new", True, ("new", "CA"), True, AN_HOUR_ON),
     ),
     (
         ("CA key is garbage", {**GOOD, CA_KEY: b"not a key"}, {}, TRUSTS_CA),
-        ("new", True, ("new",), True, {}),
+        ("new", True, ("new", "CA"), True, AN_HOUR_ON),
     ),
     (
         (
@@ -160,7 +169,7 @@ CASES: list[tuple[Case, tuple[str, bool, tuple[str, ...], bool, dict[str, str]]]
             {NEXT_CA_TRUSTED_SINCE: SINCE},
             TRUSTS_BOTH,
         ),
-        ("NEXT", True, ("NEXT", "CA"), True, {}),
+        ("NEXT", True, ("NEXT", "CA"), True, AN_HOUR_ON),
     ),
     (
         (
@@ -172,12 +181,35 @@ CASES: list[tuple[Case, tuple[str, bool, tuple[str, ...], bool, dict[str, str]]]
         ("CA", False, ("CA",), True, {}),
     ),
     (
-        ("retired CA still valid", {**GOOD, RETIRED_CAS: OLD_CA.cert}, {}, TRUSTS_CA),
-        ("CA", False, ("CA", "OLD_CA"), False, {}),
+        (
+            "retired CA within its delay",
+            {**GOOD, RETIRED_CAS: OLD_CA.cert},
+            {RETIRED_UNTIL: LATER},
+            TRUSTS_CA,
+        ),
+        ("CA", False, ("CA", "OLD_CA"), False, {RETIRED_UNTIL: LATER}),
     ),
     (
-        ("retired CA expired", {**GOOD, RETIRED_CAS: EXPIRED_CA.cert + OLD_CA.cert}, {}, TRUSTS_CA),
-        ("CA", False, ("CA", "OLD_CA"), True, {}),
+        (
+            "retired CA past its delay",
+            {**GOOD, RETIRED_CAS: OLD_CA.cert},
+            {RETIRED_UNTIL: JUST_NOW},
+            TRUSTS_CA,
+        ),
+        ("CA", False, ("CA",), True, {}),
+    ),
+    (
+        ("retired CA without a deadline", {**GOOD, RETIRED_CAS: OLD_CA.cert}, {}, TRUSTS_CA),
+        ("CA", False, ("CA", "OLD_CA"), True, AN_HOUR_ON),
+    ),
+    (
+        (
+            "retired CA expired",
+            {**GOOD, RETIRED_CAS: EXPIRED_CA.cert + OLD_CA.cert},
+            {RETIRED_UNTIL: LATER},
+            TRUSTS_CA,
+        ),
+        ("CA", False, ("CA", "OLD_CA"), True, {RETIRED_UNTIL: LATER}),
     ),
     (("rotate serving", GOOD, {ROTATE: "serving"}, TRUSTS_CA), ("CA", True, ("CA",), True, {})),
     (("rotate CA", GOOD, {ROTATE: "ca"}, TRUSTS_CA), ("CA", False, ("CA", "next"), True, {})),
@@ -240,29 +272,31 @@ def test_serving_never_outlives_its_ca() -> None:
 
 
 @pytest.mark.parametrize("rotate_ca_at", [None, timedelta(days=3, hours=6)])
-def test_no_review_fails_over_years_of_rotations(rotate_ca_at: timedelta | None) -> None:
+def test_no_review_fails_over_months_of_rotations(rotate_ca_at: timedelta | None) -> None:
     """The keeper's loop over 150 simulated days with a 30-day CA and 4-day serving pairs (so
     several serving renewals and CA rotations happen), checked every 6 hours the way it runs:
     the Secret is written, then every caBundle patched, then this replica serves the new pair;
-    another replica still serves the previous pair until its next check. At every moment each
-    pair served anywhere must verify against the caBundle the API server holds then."""
+    a slow replica serves what the Secret held two checks ago. At every moment each pair served
+    anywhere must verify against the caBundle the API server holds then."""
     policy = replace(
         POLICY,
         ca_validity=timedelta(days=30),
         serving_validity=timedelta(days=4),
         trust_delay=timedelta(hours=12),
+        retire_delay=timedelta(hours=12),  # as long as the slow replica lags (two steps)
     )
     step = timedelta(hours=6)
     now = NOW
     first = plan(None, {}, now, policy)
     stored, bundle, served = first.stored, first.bundle, first.serving.cert
     cas_seen, servings_seen = {stored.data[CA_CERT]}, {served}
+    history = [served, served]  # what was served one and two checks ago
     for i in range(1, 150 * 4):
         now = NOW + i * step
         if rotate_ca_at is not None and now - NOW == rotate_ca_at:
             stored = Stored(stored.data, {**stored.annotations, ROTATE: "ca"})
         result = plan(stored, bundles_of(bundle), now, policy)
-        lagging = served  # the other replica, until its next check
+        lagging = history[0]  # the slow replica
         # Secret written (the other replica may load the new pair now), bundle not yet patched:
         assert verifies(result.serving.cert, bundle, now), f"step {i}: new pair, old bundle"
         assert verifies(lagging, bundle, now), f"step {i}: old pair, old bundle"
@@ -270,9 +304,10 @@ def test_no_review_fails_over_years_of_rotations(rotate_ca_at: timedelta | None)
         assert verifies(result.serving.cert, bundle, now), f"step {i}: new pair, new bundle"
         assert verifies(lagging, bundle, now), f"step {i}: old pair, new bundle"
         stored, served = result.stored, result.serving.cert
+        history = [history[1], served]
         cas_seen.add(stored.data[CA_CERT])
         servings_seen.add(served)
     assert len(cas_seen) >= 6  # 150 days of 30-day CAs renewed with a third left
     assert len(servings_seen) >= 40
-    # Retired CAs do not pile up: each leaves the bundle when it expires.
-    assert len(x509.load_pem_x509_certificates(bundle)) <= 3
+    # Retired CAs do not pile up: each leaves the bundle after the retire delay.
+    assert len(x509.load_pem_x509_certificates(bundle)) <= 2

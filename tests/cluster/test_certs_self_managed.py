@@ -1,7 +1,7 @@
 """`podlock serve --certs self-managed` against the real API server of the integration cluster:
 two replicas started together race for the Secret and one wins; both caBundles get its CA; a
-forced serving renewal and then a forced CA rotation happen while pods are created in a loop
-through both replicas, and not one create fails.
+forced serving renewal, a forced CA rotation and then the Secret's deletion happen while pods
+are created in a loop through both replicas, and not one create fails.
 
 The replicas are `podlock serve` processes on the host, each with its own certificate
 directory, authenticated as the chart's `podlock` ServiceAccount (a token from the TokenRequest
@@ -13,255 +13,56 @@ namespace, so no other test's pods pass through these replicas.
 
 from __future__ import annotations
 
-import base64
-import ipaddress
 import json
-import signal
-import socket
-import ssl
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from cluster import Cluster, free_port, wait_until
+from certs_host import (
+    KINDS,
+    NAMESPACE,
+    SECRET,
+    Load,
+    Replica,
+    apply_chart_rbac,
+    ca_bundles,
+    remove_chart_rbac,
+    run_podlock,
+    secret_data,
+    service_account_kubeconfig,
+    signed_by,
+    start_replicas,
+    stop_replicas,
+    verifies,
+)
+from cluster import Cluster, wait_until
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 from deploy_render import CHART, helm, template
 
 from certs.keeper import Keeper, Target, api_client
 from certs.rotation import Policy
 
-NAMESPACE = "podlock-system"
-GOVERNED = "certs-self-managed"
-SECRET = "podlock-tls"
-KINDS = ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
-# The chart's objects these replicas need; the Deployment and DaemonSet need the image instead.
-APPLIED = (
-    "Namespace",
-    "ServiceAccount",
-    "Role",
-    "RoleBinding",
-    "ClusterRole",
-    "ClusterRoleBinding",
-)
-POD = {
-    "apiVersion": "v1",
-    "kind": "Pod",
-    "metadata": {"generateName": "load-"},
-    "spec": {"containers": [{"name": "main", "image": "localhost/podlock-busybox:1.0"}]},
-}
-
-
-@dataclass
-class Replica:
-    name: str
-    port: int
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def served(self) -> x509.Certificate:
-        """The certificate a new TLS connection gets now."""
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        with (
-            socket.create_connection(("127.0.0.1", self.port), timeout=5) as raw,
-            context.wrap_socket(raw) as tls,
-        ):
-            der = tls.getpeercert(binary_form=True)
-        assert der is not None
-        return x509.load_der_x509_certificate(der)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-@dataclass
-class Load:
-    """Pods created (server-side dry run: admission runs in full, nothing is scheduled) in a
-    loop until stopped; every answer but 201 is kept."""
-
-    cluster: Cluster
-    created: int = 0
-    hardened: int = 0
-    failures: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        assert self._thread is not None
-        self._thread.join(60)
-
-    def _run(self) -> None:
-        conn = self.cluster.connection()
-        body = json.dumps(POD)
-        path = f"/api/v1/namespaces/{GOVERNED}/pods?dryRun=All"
-        while not self._stop.is_set():
-            try:
-                conn.request("POST", path, body, {"Content-Type": "application/json"})
-                response = conn.getresponse()
-                answer = response.read()
-            except OSError as e:
-                self.failures.append(f"connection: {e}")
-                conn = self.cluster.connection()
-                continue
-            if response.status != 201:
-                self.failures.append(f"{response.status}: {answer[:300]!r}")
-                continue
-            self.created += 1
-            container = json.loads(answer)["spec"]["containers"][0]
-            if (container.get("securityContext") or {}).get("readOnlyRootFilesystem"):
-                self.hardened += 1
-        conn.close()
-
-
-def verifies(cert: x509.Certificate, bundle: bytes) -> bool:
-    """Whether the API server, trusting `bundle`, accepts `cert` for 127.0.0.1 now."""
-    verifier = (
-        PolicyBuilder()
-        .store(Store(x509.load_pem_x509_certificates(bundle)))
-        .time(datetime.now(UTC))
-        .build_server_verifier(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
-    )
-    try:
-        verifier.verify(cert, [])
-    except VerificationError:
-        return False
-    return True
-
-
-def secret_data(cluster: Cluster) -> dict[str, bytes]:
-    data = cluster.get("secret", SECRET, NAMESPACE)["data"]
-    return {key: base64.b64decode(value) for key, value in data.items()}
-
-
-def ca_bundles(cluster: Cluster) -> list[bytes]:
-    return [
-        base64.b64decode(hook["clientConfig"].get("caBundle", ""))
-        for kind in KINDS
-        for hook in cluster.get(kind, "podlock")["webhooks"]
-    ]
-
-
-def configurations(ports: dict[str, int]) -> list[dict[str, Any]]:
-    """The chart's webhook configurations, calling the replicas by URL, this namespace only."""
-    objs = [doc for doc in yaml.safe_load_all(template({})) if doc]
-    configs = []
-    for obj in objs:
-        if obj["kind"] not in KINDS:
-            continue
-        port = ports[obj["kind"]]
-        for hook in obj["webhooks"]:
-            path = hook["clientConfig"]["service"]["path"]
-            hook["clientConfig"] = {"url": f"https://127.0.0.1:{port}{path}"}
-            hook["namespaceSelector"]["matchExpressions"].append(
-                {"key": "kubernetes.io/metadata.name", "operator": "In", "values": [GOVERNED]}
-            )
-        configs.append(obj)
-    return configs
-
-
-def service_account_kubeconfig(cluster: Cluster, path: Path) -> Path:
-    token = cluster.kubectl("create", "token", "podlock", "-n", NAMESPACE, "--duration=1h")
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "c",
-                "cluster": {
-                    "server": cluster.server,
-                    "certificate-authority": str(cluster.ca_cert),
-                },
-            }
-        ],
-        "users": [{"name": "podlock", "user": {"token": token.stdout.strip()}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "podlock"}}],
-        "current-context": "c",
-    }
-    path.write_text(json.dumps(config))
-    return path
-
-
-def start_replica(name: str, workdir: Path, kubeconfig: Path, port: int) -> Replica:
-    log = workdir / f"{name}.log"
-    argv = [
-        sys.executable,
-        "-c",
-        "import sys; from webhook.cli import main; sys.exit(main())",
-        "serve",
-        "--certs=self-managed",
-        f"--bind=127.0.0.1:{port}",
-        "--workers=1",
-        f"--kubeconfig={kubeconfig}",
-        f"--cert-dir={workdir / name}",
-        "--host=127.0.0.1",
-        "--cert-check-interval=0.5",
-        "--ca-trust-delay=3",
-    ]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    return Replica(name, port, proc, log)
-
 
 @pytest.fixture
 def chart_rbac(cluster: Cluster) -> Iterator[None]:
-    """The chart's namespace, ServiceAccount and certificate RBAC; removed afterwards (all but
-    the namespace) so that a later `helm install` finds no object it does not own."""
-    chart = [doc for doc in yaml.safe_load_all(template({"namespace": {"create": True}})) if doc]
-    applied = [o for o in chart if o["kind"] in APPLIED]
-    cluster.apply(applied)
+    applied = apply_chart_rbac(cluster)
     yield
-    removable = [o for o in applied if o["kind"] != "Namespace"]
-    cluster.kubectl("delete", "-f", "-", "--ignore-not-found", input=yaml.safe_dump_all(removable))
+    remove_chart_rbac(cluster, applied)
 
 
 @pytest.fixture
 def replicas(
     cluster: Cluster, chart_rbac: None, tmp_path: Path
 ) -> Iterator[tuple[Replica, Replica]]:
-    ports = {kind: free_port() for kind in KINDS}
-    cluster.create_namespace(GOVERNED)
-    for kind in KINDS:
-        cluster.kubectl("delete", kind, "podlock", "--ignore-not-found")
-    cluster.kubectl("delete", "secret", SECRET, "-n", NAMESPACE, "--ignore-not-found")
-    cluster.kubectl("create", "-f", "-", input=yaml.safe_dump_all(configurations(ports)))
-    kubeconfig = service_account_kubeconfig(cluster, tmp_path / "podlock.kubeconfig")
     started: list[Replica] = []
     try:
-        # Started together: both find no Secret, both try to create it.
-        for name, kind in (("a", KINDS[0]), ("b", KINDS[1])):
-            started.append(start_replica(name, tmp_path, kubeconfig, ports[kind]))
-        for replica in started:
-            wait_until(
-                f"replica {replica.name} to listen",
-                lambda r=replica: "Listening at" in r.text() or r.proc.poll() is not None,
-                timeout=90,
-            )
-            assert replica.proc.poll() is None, replica.text()
+        started = start_replicas(cluster, tmp_path)
         yield started[0], started[1]
     finally:
-        for replica in started:
-            if replica.proc.poll() is None:
-                replica.proc.send_signal(signal.SIGTERM)
-        codes = [r.proc.wait(60) for r in started]
-        for kind in KINDS:
-            cluster.kubectl("delete", kind, "podlock", "--ignore-not-found")
-        cluster.kubectl("delete", "namespace", GOVERNED, "--wait=false")
-        cluster.kubectl("delete", "secret", SECRET, "-n", NAMESPACE, "--ignore-not-found")
+        codes = stop_replicas(cluster, started)
         assert codes == [0] * len(started), "\n".join(r.text() for r in started)
 
 
@@ -300,26 +101,47 @@ def test_two_replicas_share_one_ca_and_rotate_without_a_failed_review(
 
         def from_a_new_ca() -> bool:
             signing = x509.load_pem_x509_certificate(secret_data(cluster)["ca.crt"])
-            return signing != ca and all(_signed_by(r.served(), signing) for r in replicas)
+            return signing != ca and all(signed_by(r.served(), signing) for r in replicas)
 
         wait_until("both replicas to serve a certificate from the new CA", from_a_new_ca, 60)
         wait_until(
             "reviews after the CA rotation", lambda: load.created > created_before_ca + 5, 60
         )
+        rotated = secret_data(cluster)
+        new_ca = x509.load_pem_x509_certificate(rotated["ca.crt"])
+        # The old CA stays trusted (a replica may still serve its pair until it reloads).
+        assert x509.load_pem_x509_certificates(rotated["retired-ca.crt"]) == [ca]
+        for bundle in ca_bundles(cluster):
+            assert x509.load_pem_x509_certificates(bundle) == [new_ca, ca]
+            for replica in replicas:
+                assert verifies(replica.served(), bundle)
+
+        # The Secret lost: the first replica to notice makes a third CA, and the CAs caBundle
+        # held stay trusted, so the other replica's pair keeps working until it reads the new one.
+        created_before_loss = load.created
+        cluster.kubectl("delete", "secret", SECRET, "-n", NAMESPACE)
+
+        def from_a_third_ca() -> bool:
+            found = cluster.kubectl("get", "secret", SECRET, "-n", NAMESPACE, check=False)
+            if found.returncode != 0:
+                return False
+            signing = x509.load_pem_x509_certificate(secret_data(cluster)["ca.crt"])
+            fresh = signing not in (ca, new_ca)
+            return fresh and all(signed_by(r.served(), signing) for r in replicas)
+
+        wait_until("both replicas to serve a certificate from a third CA", from_a_third_ca, 60)
+        wait_until(
+            "reviews after the Secret was lost", lambda: load.created > created_before_loss + 5, 60
+        )
     finally:
         load.stop()
 
-    rotated = secret_data(cluster)
-    new_ca = x509.load_pem_x509_certificate(rotated["ca.crt"])
-    assert new_ca != ca
-    # The old CA stays trusted (a replica may still serve its pair until it reloads).
-    assert x509.load_pem_x509_certificates(rotated["retired-ca.crt"]) == [ca]
+    third = x509.load_pem_x509_certificate(secret_data(cluster)["ca.crt"])
     for bundle in ca_bundles(cluster):
-        assert x509.load_pem_x509_certificates(bundle) == [new_ca, ca]
-        for replica in replicas:
-            assert verifies(replica.served(), bundle)
+        assert x509.load_pem_x509_certificates(bundle)[0] == third
+        assert set(x509.load_pem_x509_certificates(bundle)) == {third, new_ca, ca}
     assert load.failures == [], load.failures[:5]
-    assert load.created >= 15
+    assert load.created >= 20
     assert load.hardened == load.created  # every create went through podlock's mutation
     logs = a.text() + b.text()
     assert "the next CA signs from now on" in logs
@@ -348,20 +170,6 @@ def test_the_service_account_may_touch_only_its_certificates(
         result = cluster.kubectl("auth", "can-i", *args, user, check=False)
         answers.append((args, result.stdout.strip() == "yes"))
     assert answers == [(args, allowed) for args, allowed in cases]
-
-
-def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
-def run_podlock(*args: str) -> None:
-    argv = [sys.executable, "-c", "import sys; from webhook.cli import main; sys.exit(main())"]
-    result = subprocess.run([*argv, *args], capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stderr
 
 
 def test_helm_install_and_upgrade_keep_the_ca_bundle(cluster: Cluster, tmp_path: Path) -> None:
@@ -446,3 +254,36 @@ def test_a_create_race_has_one_winner(cluster: Cluster, chart_rbac: None, tmp_pa
             assert (tmp_path / name / "tls.crt").read_bytes() == stored["tls.crt"]
     finally:
         cluster.kubectl("delete", "secret", SECRET, "-n", NAMESPACE, "--ignore-not-found")
+
+
+def test_the_real_api_server_accepts_the_chart(cluster: Cluster) -> None:
+    """Every object of the default install and of the detector-less one, applied as a server-side
+    dry run (the API server's own validation and admission, nothing stored); and the webhook's
+    pod meets the Pod Security `restricted` profile, the detector's does not."""
+    cluster.create_namespace(NAMESPACE)
+    for values in ({}, {"detector": {"enabled": False}}):
+        objs = [doc for doc in yaml.safe_load_all(template(values)) if doc]
+        cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(objs))
+    restricted = "podlock-psa-restricted"
+    cluster.create_namespace(restricted, {"pod-security.kubernetes.io/enforce": "restricted"})
+    try:
+        objs = [doc for doc in yaml.safe_load_all(template({})) if doc]
+        verdicts = {}
+        for kind, name in (("Deployment", "podlock"), ("DaemonSet", "podlock-detector")):
+            (workload,) = [o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name]
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": f"psa-{name}", "namespace": restricted},
+                # PSA judges the pod, not its ServiceAccount (which this namespace lacks).
+                "spec": {**workload["spec"]["template"]["spec"], "serviceAccountName": "default"},
+            }
+            result = cluster.kubectl(
+                "create", "--dry-run=server", "-f", "-", input=json.dumps(pod), check=False
+            )
+            verdicts[kind] = (result.returncode == 0, result.stderr)
+        assert verdicts["Deployment"][0], verdicts["Deployment"][1]
+        assert not verdicts["DaemonSet"][0]
+        assert "violates PodSecurity" in verdicts["DaemonSet"][1]
+    finally:
+        cluster.kubectl("delete", "namespace", restricted, "--wait=false")

@@ -261,6 +261,12 @@ def test_values_reach_the_objects(tmp_path: Path) -> None:
     groups = only(objs, "ValidatingAdmissionPolicy", "podlock-mode-label")["spec"]["variables"][0]
     assert groups["expression"] == "['platform']"
     assert not [o for o in objs if "detector" in o["metadata"]["name"]]
+    # Without the privileged detector, the namespace enforces the restricted profile.
+    created = objects(
+        helm_template({"detector": {"enabled": False}, "namespace": {"create": True}})
+    )
+    labels = only(created, "Namespace", "podlock-system")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
     # A changed policy changes the pod template, so the replicas roll and read it.
     default = only(objects(helm_template({})), "Deployment", "podlock")
     assert (

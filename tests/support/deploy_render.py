@@ -64,6 +64,7 @@ def helm(*args: str, kubeconfig: Path | None = None) -> subprocess.CompletedProc
     with tempfile.TemporaryDirectory() as home:
         env = {
             "PATH": os.environ.get("PATH", ""),
+            "HOME": home,  # client-go's discovery cache (~/.kube/cache) too
             "HELM_CONFIG_HOME": home,
             "HELM_CACHE_HOME": home,
             "HELM_DATA_HOME": home,
