@@ -70,8 +70,8 @@ def event_json(event: Event) -> str:
 
 def seed(loader: Loader, tracker: Tracker, host_mnt_ns: int, engine: Engine | None = None) -> int:
     """Label what already runs, in the kernel maps, the tracker and the engine (sessions
-    and parents); returns processes seeded. One that exits meanwhile leaves a label the
-    first sweep removes."""
+    and parents); returns processes seeded. One that exits meanwhile leaves a label a
+    sweep removes."""
     found = procscan.scan(host_mnt_ns)
     refs = {}
     for c in found.containers:
@@ -84,24 +84,6 @@ def seed(loader: Loader, tracker: Tracker, host_mnt_ns: int, engine: Engine | No
         if engine is not None:
             engine.seed(p.process(refs[p.cgroup_id].container_id))
     return len(found.processes)
-
-
-def sweep(loader: Loader, tracker: Tracker, engine: Engine, host: procscan.ProcHost) -> None:
-    """Forget processes and containers that are gone, in the tracker and in the kernel's
-    maps (whose own deletions, at exit and cgroup removal, miss a process that exited
-    while being seeded). The engine drops idle rate-limit buckets and what it keeps of
-    processes that are gone."""
-    labelled, claimed = loader.labelled_pids(), loader.container_cgroups()
-    # listed after reading the maps: what a listing lacks is gone
-    live, alive = host.live_cgroups(), procscan.live_pids().__contains__
-    tracker.prune(live, alive)
-    for cgroup_id in claimed:
-        if cgroup_id not in live:
-            loader.forget_container(cgroup_id)
-    for pid in labelled:
-        if not alive(pid):
-            loader.forget_process(pid)
-    engine.sweep(time.time_ns(), alive)
 
 
 class Reload:
@@ -167,6 +149,8 @@ class Pipeline:
         self._next_flush = self._next_sweep = 0
         self.lost_seen = 0
         self.unlabelled_seen = 0  # loader.unlabelled() as last reported
+        # cgroups and pids as the last sweep listed them
+        self._listed: tuple[set[int], set[int]] = (set(), set())
         self.bad_records = 0
         self.processed = 0
         self._pending: list[Alert] = []
@@ -234,7 +218,7 @@ class Pipeline:
             self.flush(now)
             self._next_flush = now + FLUSH_EVERY_NS
         if now >= self._next_sweep:
-            sweep(self.loader, self.tracker, self.engine, self.host)
+            self.sweep()
             self._next_sweep = now + SWEEP_EVERY_NS
             unlabelled = self.loader.unlabelled()
             if unlabelled > self.unlabelled_seen:
@@ -244,6 +228,27 @@ class Pipeline:
                     "are not seen"
                 )
                 self.unlabelled_seen = unlabelled
+
+    def sweep(self) -> None:
+        """Forget processes and containers that are gone, in the tracker, the engine and
+        the kernel's maps (whose own deletions, at exit and cgroup removal, miss a process
+        that exited while being seeded); the engine also drops idle rate-limit buckets.
+        Gone means missing from two listings in a row, a sweep apart: records still in
+        the ring buffer from before the end are handled with the state intact."""
+        loader = self.loader
+        labelled, claimed = loader.labelled_pids(), loader.container_cgroups()
+        # listed after reading the maps: what the listings lack is gone
+        cgroups, pids = self.host.live_cgroups(), procscan.live_pids()
+        live_cgroups, live_pids = cgroups | self._listed[0], pids | self._listed[1]
+        self._listed = (cgroups, pids)
+        self.tracker.prune(live_cgroups, live_pids.__contains__)
+        for cgroup_id in claimed:
+            if cgroup_id not in live_cgroups:
+                loader.forget_container(cgroup_id)
+        for pid in labelled:
+            if pid not in live_pids:
+                loader.forget_process(pid)
+        self.engine.sweep(time.time_ns(), live_pids.__contains__)
 
     def table_sizes(self) -> dict[str, int]:
         """Entries in every long-lived table, the kernel's maps included."""
