@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 POLL_MS = 20  # also bounds the delay of file events the kernel did not wake us for
 FLUSH_EVERY_NS = 100_000_000
-SWEEP_EVERY_NS = 10_000_000_000  # how long state of a process or container outlives it
+SWEEP_EVERY_NS = 10_000_000_000  # state of a gone process or container goes within two
 
 
 def _fail(message: str) -> int:
