@@ -149,8 +149,6 @@ class Pipeline:
         self._next_flush = self._next_sweep = 0
         self.lost_seen = 0
         self.unlabelled_seen = 0  # loader.unlabelled() as last reported
-        # cgroups and pids as the last sweep listed them
-        self._listed: tuple[set[int], set[int]] = (set(), set())
         self.bad_records = 0
         self.processed = 0
         self._pending: list[Alert] = []
@@ -233,14 +231,12 @@ class Pipeline:
         """Forget processes and containers that are gone, in the tracker, the engine and
         the kernel's maps (whose own deletions, at exit and cgroup removal, miss a process
         that exited while being seeded); the engine also drops idle rate-limit buckets.
-        Gone means missing from two listings in a row, a sweep apart: records still in
-        the ring buffer from before the end are handled with the state intact."""
+        User-space state goes a sweep after it is first found gone (records still in the
+        ring buffer find it); a label in the kernel at once (no record depends on it)."""
         loader = self.loader
         labelled, claimed = loader.labelled_pids(), loader.container_cgroups()
         # listed after reading the maps: what the listings lack is gone
-        cgroups, pids = self.host.live_cgroups(), procscan.live_pids()
-        live_cgroups, live_pids = cgroups | self._listed[0], pids | self._listed[1]
-        self._listed = (cgroups, pids)
+        live_cgroups, live_pids = self.host.live_cgroups(), procscan.live_pids()
         self.tracker.prune(live_cgroups, live_pids.__contains__)
         for cgroup_id in claimed:
             if cgroup_id not in live_cgroups:

@@ -130,7 +130,7 @@ def test_churned_containers_and_processes_leave_nothing_behind(
     assert len(before["buckets"]) >= CONTAINERS, before
 
     time.sleep(1.0)  # the buckets refill
-    for _ in range(2):  # gone is missing from two listings in a row
+    for _ in range(2):  # found gone, then dropped by the next sweep
         agent.call(Pipeline.sweep)
     after = agent.call(ours)
     # a process may have died a moment ago, its exit record still on its way: stale
