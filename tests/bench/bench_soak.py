@@ -304,7 +304,8 @@ def write_results(
         "",
         f"The agent (Loader, Tracker, Engine, Pipeline with its flush and its sweep every "
         f"{SWEEP_EVERY_NS // 10**9} s, a file output) ran in the benchmark's process; RSS is "
-        "that process's (the churn loop itself keeps nothing per container).",
+        "that process's (the churn loop itself keeps nothing per container). The tables "
+        "count every container on the machine: other jobs' containers come and go too.",
         f"(a) {CONTAINERS:,} runc containers created, written to from an exec session (rootfs "
         f"and volume) and deleted, one after another: {containers_s:.0f} s "
         f"({containers_s / CONTAINERS:.2f} s each).",
