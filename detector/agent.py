@@ -48,7 +48,7 @@ _EVENT_TYPE: dict[type, str] = {ExecEvent: EXEC_EVT}
 SAMPLE_MASK = 63  # rule-evaluation time: events whose number & SAMPLE_MASK is 0 are timed
 POLL_MS = 20  # also bounds the delay of file events the kernel did not wake us for
 FLUSH_EVERY_NS = 100_000_000
-SWEEP_EVERY_NS = 10_000_000_000  # how long state of a process or container outlives it
+SWEEP_EVERY_NS = 10_000_000_000  # state of a gone process or container goes within two
 
 
 def _fail(message: str) -> int:
@@ -77,8 +77,8 @@ def event_json(event: Event) -> str:
 
 def seed(loader: Loader, tracker: Tracker, host_mnt_ns: int, engine: Engine | None = None) -> int:
     """Label what already runs, in the kernel maps, the tracker and the engine (sessions
-    and parents); returns processes seeded. One that exits meanwhile leaves a label the
-    first sweep removes."""
+    and parents); returns processes seeded. One that exits meanwhile leaves a label a
+    sweep removes."""
     found = procscan.scan(host_mnt_ns)
     refs = {}
     for c in found.containers:
@@ -91,24 +91,6 @@ def seed(loader: Loader, tracker: Tracker, host_mnt_ns: int, engine: Engine | No
         if engine is not None:
             engine.seed(p.process(refs[p.cgroup_id].container_id))
     return len(found.processes)
-
-
-def sweep(loader: Loader, tracker: Tracker, engine: Engine, host: procscan.ProcHost) -> None:
-    """Forget processes and containers that are gone, in the tracker and in the kernel's
-    maps (whose own deletions, at exit and cgroup removal, miss a process that exited
-    while being seeded). The engine drops idle rate-limit buckets and what it keeps of
-    processes that are gone."""
-    labelled, claimed = loader.labelled_pids(), loader.container_cgroups()
-    # listed after reading the maps: what a listing lacks is gone
-    live, alive = host.live_cgroups(), procscan.live_pids().__contains__
-    tracker.prune(live, alive)
-    for cgroup_id in claimed:
-        if cgroup_id not in live:
-            loader.forget_container(cgroup_id)
-    for pid in labelled:
-        if not alive(pid):
-            loader.forget_process(pid)
-    engine.sweep(time.time_ns(), alive)
 
 
 class Reload:
@@ -263,7 +245,7 @@ class Pipeline:
             self.flush(now)
             self._next_flush = now + FLUSH_EVERY_NS
         if now >= self._next_sweep:
-            sweep(self.loader, self.tracker, self.engine, self.host)
+            self.sweep()
             self._next_sweep = now + SWEEP_EVERY_NS
             unlabelled = self.loader.unlabelled()
             if unlabelled > self.unlabelled_seen:
@@ -273,6 +255,25 @@ class Pipeline:
                     "are not seen"
                 )
                 self.unlabelled_seen = unlabelled
+
+    def sweep(self) -> None:
+        """Forget processes and containers that are gone, in the tracker, the engine and
+        the kernel's maps (whose own deletions, at exit and cgroup removal, miss a process
+        that exited while being seeded); the engine also drops idle rate-limit buckets.
+        User-space state goes a sweep after it is first found gone (records still in the
+        ring buffer find it); a label in the kernel at once (no record depends on it)."""
+        loader = self.loader
+        labelled, claimed = loader.labelled_pids(), loader.container_cgroups()
+        # listed after reading the maps: what the listings lack is gone
+        live_cgroups, live_pids = self.host.live_cgroups(), procscan.live_pids()
+        self.tracker.prune(live_cgroups, live_pids.__contains__)
+        for cgroup_id in claimed:
+            if cgroup_id not in live_cgroups:
+                loader.forget_container(cgroup_id)
+        for pid in labelled:
+            if pid not in live_pids:
+                loader.forget_process(pid)
+        self.engine.sweep(time.time_ns(), live_pids.__contains__)
 
     def table_sizes(self) -> dict[str, int]:
         """Entries in every long-lived table, the kernel's maps included."""

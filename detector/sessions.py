@@ -10,10 +10,26 @@ exit (a lost record) costs a slot for a while, never memory without bound.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from detector.events import Process, Session, SessionRef
+
+V = TypeVar("V")
+
+
+def prune_gone(
+    table: MutableMapping[int, V], alive: Callable[[int], bool], dead_before: dict[int, V]
+) -> dict[int, V]:
+    """Drop the entries of pids that are not alive and were not at the previous call
+    either, holding the same entry: an exit record still on its way finds its entry
+    (and a pid reused meanwhile keeps its new one). Returns what to pass next time."""
+    dead = {pid: entry for pid, entry in table.items() if not alive(pid)}
+    for pid, entry in list(dead.items()):
+        if dead_before.get(pid) is entry:
+            del table[pid], dead[pid]
+    return dead
 
 
 @dataclass(slots=True)
@@ -30,6 +46,7 @@ class SessionTable:
     def __init__(self, capacity: int = 4096) -> None:
         self._capacity = capacity
         self._by_id: OrderedDict[int, SessionInfo] = OrderedDict()
+        self._dead: dict[int, SessionInfo] = {}  # found gone by the last prune
         self.evicted = 0
 
     def leader_exec(self, proc: Process, time_ns: int) -> None:
@@ -52,9 +69,8 @@ class SessionTable:
         self._by_id.pop(session_id, None)
 
     def prune(self, alive: Callable[[int], bool]) -> None:
-        """Drop sessions whose leader is gone without its exit seen."""
-        for sid in [sid for sid in self._by_id if not alive(sid)]:
-            del self._by_id[sid]
+        """Drop sessions whose leader is gone without its exit seen (see prune_gone)."""
+        self._dead = prune_gone(self._by_id, alive, self._dead)
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -67,6 +83,7 @@ class ProcessTable:
     def __init__(self, capacity: int = 32768) -> None:
         self._capacity = capacity
         self._by_pid: OrderedDict[int, Process] = OrderedDict()
+        self._dead: dict[int, Process] = {}  # found gone by the last prune
         self.evicted = 0
 
     def remember(self, proc: Process) -> None:
@@ -85,9 +102,8 @@ class ProcessTable:
         self._by_pid.pop(pid, None)
 
     def prune(self, alive: Callable[[int], bool]) -> None:
-        """Drop processes that are gone without their exit seen."""
-        for pid in [pid for pid in self._by_pid if not alive(pid)]:
-            del self._by_pid[pid]
+        """Drop processes that are gone without their exit seen (see prune_gone)."""
+        self._dead = prune_gone(self._by_pid, alive, self._dead)
 
     def __len__(self) -> int:
         return len(self._by_pid)

@@ -46,6 +46,7 @@ from detector.events import (
     Process,
     Session,
 )
+from detector.sessions import prune_gone
 
 
 class Host(Protocol):
@@ -83,6 +84,10 @@ class Tracker:
     # the same, keyed by the record's raw header bytes (see file_record); emptied whenever
     # _proc_cache loses anything, and at 4096 entries
     _by_record: dict[bytes, Process] = field(default_factory=dict)
+    # what the last prune() found gone (and keeps for one more), with the entries it saw
+    _dead_cgroups: set[int] = field(default_factory=set)
+    _dead_procs: dict[int, ProcInfo] = field(default_factory=dict)
+    _dead_cached: dict[int, tuple[tuple[object, ...], Process]] = field(default_factory=dict)
 
     # ---- seeding ---------------------------------------------------------
     def add_container(self, cgroup_id: int, ref: ContainerRef | None) -> None:
@@ -97,19 +102,20 @@ class Tracker:
     # ---- pruning -------------------------------------------------------------
     def prune(self, live_cgroups: Collection[int], alive: Callable[[int], bool]) -> None:
         """Forget cgroups not in `live_cgroups` and processes for which alive(pid) is
-        false. Tables that shrank by half are rebuilt: a dict keeps its peak size."""
+        false, once they were found so by the previous call too, with the same entry:
+        records still in the ring buffer from before the end (and a pid reused meanwhile)
+        find their state. Tables that shrank by half are rebuilt: a dict keeps its peak."""
         before = len(self.containers) + len(self.procs) + len(self._proc_cache)
-        for cgroup_id in [c for c in self.containers if c not in live_cgroups]:
-            del self.containers[cgroup_id]
+        dead_cgroups = {c for c in (*self.containers, *self.mount_pids) if c not in live_cgroups}
+        for cgroup_id in dead_cgroups & self._dead_cgroups:
+            self.containers.pop(cgroup_id, None)
             self.mount_pids.pop(cgroup_id, None)
             self.mounts.pop(cgroup_id, None)
-        for cgroup_id in [c for c in self.mount_pids if c not in live_cgroups]:
-            del self.mount_pids[cgroup_id]  # (seeded without a container entry)
-        gone = [pid for pid in {*self.procs, *self._proc_cache} if not alive(pid)]
-        for pid in gone:
-            self.procs.pop(pid, None)
-            self._proc_cache.pop(pid, None)
-        if gone:
+        self._dead_cgroups = dead_cgroups
+        procs_before = len(self.procs) + len(self._proc_cache)
+        self._dead_procs = prune_gone(self.procs, alive, self._dead_procs)
+        self._dead_cached = prune_gone(self._proc_cache, alive, self._dead_cached)
+        if len(self.procs) + len(self._proc_cache) < procs_before:
             self._by_record.clear()
         after = len(self.containers) + len(self.procs) + len(self._proc_cache)
         if after * 2 < before:

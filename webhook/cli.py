@@ -97,7 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--config", metavar="FILE")
     detect.add_argument("--rules", action="append", default=[], metavar="FILE")
     detect.add_argument("--json", action="store_true", help="JSON alerts on stdout")
-    detect.add_argument("--pidfile", metavar="PATH")
+    detect.add_argument(
+        "--pidfile",
+        metavar="PATH",
+        help="written once the probes are attached, removed on exit; kill -1 $(cat PATH) reloads",
+    )
     detect.add_argument(
         "--audit-log", metavar="FILE", help="follow the API server's audit log: who ran each exec"
     )

@@ -152,7 +152,36 @@ def test_tracker_prune_forgets_gone_containers_and_processes_whose_exit_was_miss
     live_cgroups = {5000 + n for n in range(90, 100)}
     live_pids = {10_000 + n for n in range(90, 100)}
     t.prune(live_cgroups, live_pids.__contains__)
+    assert t.table_sizes() == sizes  # found gone once: kept for records on their way
+    t.prune(live_cgroups, live_pids.__contains__)
     sizes = t.table_sizes()
     assert (sizes["tracker.containers"], sizes["tracker.processes"]) == (10, 10)
     assert (sizes["tracker.mount_tables"], sizes["tracker.process_cache"]) == (10, 1)
     assert t.container_of(5095) is not None
+
+
+def test_an_exit_record_on_its_way_finds_its_process_and_a_reused_pid_keeps_its_entry() -> None:
+    t = Tracker(host=Host(), boot_to_wall_ns=0)
+    t.add_container(5000, ContainerRef("ab" * 32, None, "containerd"))
+    t.handle(RawExec(hdr(700, 5000), ExecOrigin.IMAGE, "/bin/tar", ("tar",)))
+    t.prune({5000}, lambda pid: False)  # tar has exited; its exit record is not read yet
+    exit_event = t.handle(RawExit(hdr(700, 5000), 0))
+    assert exit_event is not None and exit_event.proc.exepath == "/bin/tar"
+    # pid 701 is found gone, then reused by a new program before the next prune
+    t.handle(RawExec(hdr(701, 5000), ExecOrigin.IMAGE, "/bin/sh", ("sh",)))
+    t.prune({5000}, lambda pid: False)
+    t.handle(RawExec(hdr(701, 5000), ExecOrigin.IMAGE, "/bin/ls", ("ls",)))
+    t.prune({5000}, lambda pid: False)
+    assert t.procs[701].exepath == "/bin/ls"
+    t.prune({5000}, lambda pid: False)
+    assert 701 not in t.procs
+
+
+def test_engine_sweep_forgets_sessions_and_parents_a_sweep_after_they_are_found_gone() -> None:
+    eng = engine()
+    leader = exec_proc(300, comm="sh", cmdline=("sh", "-c", "sleep 9"))
+    eng.process(exec_(leader), T0)  # its exit record is lost
+    eng.sweep(T0, lambda pid: False)
+    assert eng.table_sizes()["engine.sessions"] == 1
+    eng.sweep(T0, lambda pid: False)
+    assert (eng.table_sizes()["engine.sessions"], eng.table_sizes()["engine.processes"]) == (0, 0)

@@ -115,6 +115,19 @@ def test_sighup_reloads_rules_while_events_flow_and_a_bad_file_keeps_the_running
     assert "marker version two (file=/etc/marker-after)" in marker["output"]
     assert d.pidfile.exists() and d.proc.poll() is None
 
+    # a changed output setting: the outputs are rebuilt, alerts go to the new file too
+    extra.write_text(MARKER.format(version="two"))
+    log = tmp_path / "alerts.log"
+    config.write_text(config.read_text() + f"file_output: {{enabled: true, filename: {log}}}\n")
+    _hup(d)
+    _wait_stderr(d, 2, "reloaded")
+    assert container.exec("echo m > /etc/marker-file").returncode == 0
+    deadline = time.monotonic() + 15
+    while "marker-file" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, "no alert in the file output after the reload"
+        time.sleep(0.2)
+    d.wait_for(lambda a: any("marker-file" in x["output"] for x in a))  # stdout still too
+
 
 def test_sigterm_writes_the_alerts_the_rate_limit_held_back(
     detector_factory: Callable[..., Any], container: Any, alerts_of: Callable[..., Any]
