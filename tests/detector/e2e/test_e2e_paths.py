@@ -51,10 +51,13 @@ def own_container(e2e_dir: Path, image: Path, detector: Any) -> Iterator[Contain
 
 
 def file_events(detector: Any, container: Container, suffix: str) -> list[dict[str, Any]]:
-    """The file events of one container whose path ends with `suffix`."""
+    """The file events of one container whose path ends with `suffix`. (The events log
+    holds every container's events on this machine: only this one's lines are parsed.)"""
+    with detector.events_log.open(errors="replace") as log:
+        mine = [json.loads(line) for line in log if container.id in line]
     return [
         ev
-        for ev in detector.events()
+        for ev in mine
         if ev.get("type") == "FileEvent"
         and ev["proc"]["container_id"] == container.id
         and ev["path"].endswith(suffix)
