@@ -140,6 +140,21 @@ def test_path_only_operations_45_levels_down_are_classified_by_mount(
     ]
 
 
+def test_dot_dot_across_the_volume_mount_is_followed(
+    detector: Any, own_container: Container
+) -> None:
+    result = own_container.exec(
+        "set -e; mkdir /vol/../tmp/dd-a /tmp/../vol/dd-b /vol/./../vol/dd-c; "
+        "cd /vol; mkdir ../tmp/dd-d; cd /tmp; mkdir ../vol/dd-e ../../../tmp/dd-f"
+    )
+    assert result.returncode == 0, result.stderr
+    expected = {"dd-a": "rootfs", "dd-b": "volume", "dd-c": "volume", "dd-d": "rootfs",
+                "dd-e": "volume", "dd-f": "rootfs"}  # fmt: skip
+    got = {name: {ev["fs"] for ev in wait_events(detector, own_container, "/" + name)}
+           for name in expected}  # fmt: skip
+    assert got == {name: {fs} for name, fs in expected.items()}
+
+
 @pytest.mark.parametrize(("base", "fs"), [("/tmp", "rootfs"), ("/vol", "volume")])
 def test_4096_byte_paths_keep_their_end_and_their_filesystem(
     detector: Any, own_container: Container, base: str, fs: str
