@@ -25,7 +25,7 @@ from detector import procscan
 from detector.decode import DecodeError, RawCgroup, decode
 from detector.events import Event, LostEvents
 from detector.libbpf import LibbpfUnavailable
-from detector.loader import Loader, LoaderError
+from detector.loader import POLL_LIMIT, Loader, LoaderError
 from detector.tracker import Tracker
 
 if TYPE_CHECKING:
@@ -94,6 +94,7 @@ class Pipeline:
         self.bad_records = 0
         self.processed = 0
         self._pending: list[Alert] = []
+        self._clock = 1 << 63  # the engine's time after the last step (see step)
 
     def deliver(self, event: Event, now: int) -> None:
         """One event through the engine (step() does the same inline, per record)."""
@@ -115,6 +116,7 @@ class Pipeline:
         """Poll once and handle what came; returns the wall-clock time it used."""
         records = self.loader.poll(timeout_ms)
         now = time.time_ns()
+        newest = now
         tracker = self.tracker
         file_record, handle = tracker.file_record, tracker.handle
         process, pending = self.engine.process, self._pending
@@ -134,7 +136,10 @@ class Pipeline:
                 if log is not None:
                     log.write(event_json(event) + "\n")
                     log.flush()
-                alerts = process(event, now)
+                # the engine's clock is the event's own time: records that waited in the
+                # ring (the agent was off the CPU) must not make a copy look idle
+                newest = min(now, event.time_ns)
+                alerts = process(event, newest)
                 if alerts:
                     pending += alerts
                     if len(pending) >= self.BATCH:
@@ -146,10 +151,12 @@ class Pipeline:
             self.deliver(LostEvents(time_ns=now, count=lost - self.lost_seen), now)
             self.lost_seen = lost
         self._write()
+        # a full slice: more records wait, so time-driven work runs on their clock too
+        self._clock = newest if len(records) >= POLL_LIMIT else now
         return now
 
     def flush(self, now: int) -> None:
-        self.outputs.emit_many(self.engine.flush(now))
+        self.outputs.emit_many(self.engine.flush(min(now, self._clock)))
 
     def shutdown(self, now: int) -> None:
         """Write everything still pending: open copies, held-back alerts, lost counts."""

@@ -144,6 +144,7 @@ struct scratch {
 	__u16 comp[MAX_COMPS];	       /* the components of upath, `.` and `..` folded: offsets */
 	__u8 comp_len[MAX_COMPS];      /* and lengths */
 	struct dentry *chain[MAX_MP_DEPTH]; /* a mount point's dentries, bottom up */
+	char out[PODLOCK_PATH_LEN];	    /* user_path()'s answer */
 	struct parse_ctx parse;
 	struct descend_ctx descend;
 	struct match_ctx match;
@@ -627,22 +628,30 @@ static __noinline __u8 path_fs(struct scratch *s, struct task_struct *task, stru
 }
 
 /*
- * A path argument made absolute into out, and the mount it lands on (the
- * return value): relative paths are joined to the directory of dfd (or the
- * cwd), resolved in the kernel because short-lived processes like tar are gone
- * before user space could read /proc/PID/cwd. "." and ".." are left in the
- * text for user space to fold.
+ * A path argument made absolute into scratch.out, and the mount it lands on
+ * (the return value): relative paths are joined to the directory of dfd (or
+ * the cwd), resolved in the kernel because short-lived processes like tar are
+ * gone before user space could read /proc/PID/cwd. "." and ".." are left in
+ * the text for user space to fold. A global function, so the verifier checks it
+ * once rather than once per state of its callers.
  */
-static __noinline __u8 user_path(struct scratch *s, struct task_struct *task, long dfd,
-				 const char *upath, char *out)
+__noinline int user_path(long dfd, unsigned long upath_addr)
 {
-	long n = bpf_probe_read_user_str(s->upath, UPATH_LEN, upath);
+	struct task_struct *task = bpf_get_current_task_btf();
+	const char *upath = (const char *)upath_addr;
+	struct scratch *s = get_scratch();
 	struct dentry *dentry;
 	struct vfsmount *vfsmnt;
+	char *out;
+	long n;
 	__u8 fs;
 	int len, off;
 
+	if (!s)
+		return PODLOCK_FS_UNKNOWN;
+	out = s->out;
 	out[0] = 0;
+	n = bpf_probe_read_user_str(s->upath, UPATH_LEN, upath);
 	if (n <= 1)
 		return PODLOCK_FS_UNKNOWN;
 	len = n - 1;
@@ -976,6 +985,8 @@ static __noinline int file_event(struct pt_regs *regs, long nr, long ret, __u32 
 	struct scratch *s = get_scratch();
 	struct podlock_file_event *ev;
 	unsigned long a0 = regs->di, a1 = regs->si, a2 = regs->dx, a3 = regs->r10;
+	const char *path, *target = NULL;
+	long dfd, tdfd = AT_FDCWD;
 	__u8 op;
 
 	if (!s)
@@ -1004,68 +1015,70 @@ static __noinline int file_event(struct pt_regs *regs, long nr, long ret, __u32 
 	ev->path[0] = 0;
 	ev->target[0] = 0;
 
+	/* an open file, when there is one, gives the canonical path and the mount */
+	if ((op == PODLOCK_OP_OPEN && ret >= 0) || nr == NR_fchmod) {
+		struct file *f;
+
+		if (ret < 0) /* a refused fchmod: nothing to name */
+			goto submit;
+		f = fd_file(task, op == PODLOCK_OP_OPEN ? (long)ret : (long)a0);
+		if (!f || !is_regular(f)) {
+			bpf_ringbuf_discard(ev, 0);
+			return 0;
+		}
+		ev->fs = fs_of(task, f);
+		file_path(s, task, f, ev->path);
+		goto submit;
+	}
+	/* else the path arguments: (directory fd, path) for the path and the target.
+	 * One call of each helper below: the verifier checks a subprogram once per
+	 * call site. */
 	switch (nr) {
 	case NR_open:
 	case NR_creat:
-	case NR_openat:
-	case NR_openat2:
-		if (ret >= 0) {
-			/* success: the open file gives the canonical path and the mount */
-			struct file *f = fd_file(task, ret);
-
-			if (!f || !is_regular(f)) {
-				bpf_ringbuf_discard(ev, 0);
-				return 0;
-			}
-			ev->fs = fs_of(task, f);
-			file_path(s, task, f, ev->path);
-		} else if (nr == NR_open || nr == NR_creat) {
-			ev->fs = user_path(s, task, AT_FDCWD, (const char *)a0, ev->path);
-		} else {
-			ev->fs = user_path(s, task, a0, (const char *)a1, ev->path);
-		}
-		break;
-	case NR_fchmod:
-		if (ret >= 0) {
-			struct file *f = fd_file(task, a0);
-
-			if (!f || !is_regular(f)) {
-				bpf_ringbuf_discard(ev, 0);
-				return 0;
-			}
-			ev->fs = fs_of(task, f);
-			file_path(s, task, f, ev->path);
-		}
-		break;
-	/* rename and link: both paths are on one mount, or the call failed (EXDEV) */
 	case NR_rename:
 	case NR_link:
-		ev->fs = user_path(s, task, AT_FDCWD, (const char *)a0, ev->path);
-		user_path(s, task, AT_FDCWD, (const char *)a1, ev->target);
+	case NR_unlink:
+	case NR_mkdir:
+	case NR_chmod:
+		dfd = AT_FDCWD;
+		path = (const char *)a0;
+		tdfd = AT_FDCWD;
+		target = (const char *)a1;
+		break;
+	case NR_symlink:
+		dfd = AT_FDCWD;
+		path = (const char *)a1;
+		target = (const char *)a0;
+		break;
+	case NR_symlinkat:
+		dfd = a1;
+		path = (const char *)a2;
+		target = (const char *)a0;
 		break;
 	case NR_renameat:
 	case NR_renameat2:
 	case NR_linkat:
-		ev->fs = user_path(s, task, a0, (const char *)a1, ev->path);
-		user_path(s, task, a2, (const char *)a3, ev->target);
+		dfd = a0;
+		path = (const char *)a1;
+		tdfd = a2;
+		target = (const char *)a3;
 		break;
-	case NR_symlink:
-		ev->fs = user_path(s, task, AT_FDCWD, (const char *)a1, ev->path);
-		raw_text(s, (const char *)a0, ev->target);
-		break;
-	case NR_symlinkat:
-		ev->fs = user_path(s, task, a1, (const char *)a2, ev->path);
-		raw_text(s, (const char *)a0, ev->target);
-		break;
-	case NR_unlink:
-	case NR_mkdir:
-	case NR_chmod:
-		ev->fs = user_path(s, task, AT_FDCWD, (const char *)a0, ev->path);
-		break;
-	default: /* unlinkat, mkdirat, fchmodat, fchmodat2 */
-		ev->fs = user_path(s, task, a0, (const char *)a1, ev->path);
+	default: /* openat, openat2, unlinkat, mkdirat, fchmodat, fchmodat2 */
+		dfd = a0;
+		path = (const char *)a1;
 		break;
 	}
+	/* rename and link: both paths are on one mount, or the call failed (EXDEV) */
+	ev->fs = user_path(dfd, (unsigned long)path);
+	bpf_probe_read_kernel_str(ev->path, sizeof(ev->path), s->out);
+	if (op == PODLOCK_OP_SYMLINK) {
+		raw_text(s, target, ev->target);
+	} else if (op == PODLOCK_OP_RENAME || op == PODLOCK_OP_LINK) {
+		user_path(tdfd, (unsigned long)target);
+		bpf_probe_read_kernel_str(ev->target, sizeof(ev->target), s->out);
+	}
+submit:
 	bpf_ringbuf_submit(ev, file_wakeup());
 	return 0;
 }

@@ -64,12 +64,16 @@ def file_events(detector: Any, container: Container, suffix: str) -> list[dict[s
     ]
 
 
-def wait_events(detector: Any, container: Container, suffix: str) -> list[dict[str, Any]]:
+def wait_events(
+    detector: Any, container: Container, suffix: str, ops: frozenset[str] = frozenset()
+) -> list[dict[str, Any]]:
+    """The file events whose path ends with `suffix`, once there is one of each of `ops`
+    (at least one event when `ops` is empty)."""
     found: list[dict[str, Any]] = []
 
     def seen(_alerts: object) -> bool:
         found[:] = file_events(detector, container, suffix)
-        return bool(found)
+        return bool(found) and ops <= {ev["op"] for ev in found}
 
     detector.wait_for(seen)
     return found
@@ -113,9 +117,8 @@ def test_path_only_operations_45_levels_down_are_classified_by_mount(
         "abs-dir": "mkdir",
     }
     for name, op in ops.items():
-        events = [
-            ev for ev in wait_events(detector, own_container, f"{bottom}/{name}") if ev["op"] == op
-        ]
+        found = wait_events(detector, own_container, f"{bottom}/{name}", frozenset({op}))
+        events = [ev for ev in found if ev["op"] == op]
         assert events, (name, op)
         for ev in events:
             assert ev["fs"] == fs, (name, op, ev["path"])
@@ -170,16 +173,12 @@ def test_4096_byte_paths_keep_their_end_and_their_filesystem(
         f'rm "{path}"; mkdir "{path}"'
     )
     assert result.returncode == 0, result.stderr
-    seen = set()
-    for ev in wait_events(detector, own_container, "/" + name):
-        seen.add(ev["op"])
+    ops = frozenset({"open", "chmod", "unlink", "mkdir"})
+    events = wait_events(detector, own_container, "/" + name, ops)
+    assert {ev["op"] for ev in events} == ops
+    for ev in events:
         assert ev["fs"] == fs, ev["op"]
         assert ev["path"].startswith(CUT + "/") and len(ev["path"].encode()) < PATH_LEN
-    for op in ("open", "chmod", "unlink", "mkdir"):
-        if op not in seen:  # the later operations may still be on their way
-            events = wait_events(detector, own_container, "/" + name)
-            seen |= {ev["op"] for ev in events}
-    assert seen == {"open", "chmod", "unlink", "mkdir"}
 
 
 def test_kubectl_cp_of_10k_files_is_one_aggregated_alert(
