@@ -31,7 +31,7 @@ from detector.decode import DecodeError, RawCgroup, decode
 from detector.events import Event, ExecEvent, FileEvent, LostEvents
 from detector.fields import EXEC_EVT, EXIT_EVT
 from detector.libbpf import LibbpfUnavailable
-from detector.loader import Loader, LoaderError
+from detector.loader import POLL_LIMIT, Loader, LoaderError
 from detector.metrics import EventCounts
 from detector.tracker import Tracker
 
@@ -162,6 +162,7 @@ class Pipeline:
         self.processed = 0
         self.counts = EventCounts()  # for metrics
         self._pending: list[Alert] = []
+        self._clock = 1 << 63  # the engine's time after the last step (see step)
 
     def deliver(self, event: Event, now: int) -> None:
         """One event through the engine (step() does the same inline, per record)."""
@@ -189,6 +190,7 @@ class Pipeline:
         """Poll once and handle what came; returns the wall-clock time it used."""
         records = self.loader.poll(timeout_ms)
         now = time.time_ns()
+        newest = now
         tracker = self.tracker
         file_record, handle = tracker.file_record, tracker.handle
         process, pending = self.engine.process, self._pending
@@ -209,11 +211,14 @@ class Pipeline:
                 if log is not None:
                     log.write(event_json(event) + "\n")
                     log.flush()
+                # the engine's clock is the event's own time: records that waited in the
+                # ring (the agent was off the CPU) must not make a copy look idle
+                newest = min(now, event.time_ns)
                 if self.processed & SAMPLE_MASK:
-                    alerts = process(event, now)
+                    alerts = process(event, newest)
                 else:  # a clock read costs ~0.3 µs here: one event in 64 is timed
                     started = clock()
-                    alerts = process(event, now)
+                    alerts = process(event, newest)
                     evaluation_ns += clock() - started
                     sampled += 1
                 if isinstance(event, FileEvent):
@@ -233,10 +238,12 @@ class Pipeline:
             self.deliver(LostEvents(time_ns=now, count=lost - self.lost_seen), now)
             self.lost_seen = lost
         self._write()
+        # a full slice: more records wait, so time-driven work runs on their clock too
+        self._clock = newest if len(records) >= POLL_LIMIT else now
         return now
 
     def flush(self, now: int) -> None:
-        self.emit(self.engine.flush(now), now)
+        self.emit(self.engine.flush(min(now, self._clock)), now)
 
     def housekeeping(self, now: int) -> None:
         """Time-driven work between polls: flush every FLUSH_EVERY_NS, sweep every

@@ -17,6 +17,16 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+/*
+ * The hot paths read kernel structures with direct loads through BTF-typed
+ * pointers (the verifier turns them into fault-safe loads), not with
+ * bpf_probe_read_kernel(): a helper call per field was most of the cost of an
+ * event. A pointer that comes from elsewhere (an array slot, container_of) is
+ * typed again with this kfunc first.
+ */
+extern void *bpf_rdonly_cast(const void *obj__ign, __u32 btf_id) __ksym;
+#define kernel_ptr(ptr, type) ((type *)bpf_rdonly_cast((ptr), bpf_core_type_id_kernel(type)))
+
 /* Set by user space before load: the host's mount namespace inode. A process
  * still in it is runc's own machinery (runc init before it joins the container)
  * and is never labelled. */
@@ -136,6 +146,7 @@ struct scratch {
 	__u16 comp[MAX_COMPS];	       /* the components of upath, `.` and `..` folded: offsets */
 	__u8 comp_len[MAX_COMPS];      /* and lengths */
 	struct dentry *chain[MAX_MP_DEPTH]; /* a mount point's dentries, bottom up */
+	char out[PODLOCK_PATH_LEN];	    /* user_path()'s answer */
 	struct parse_ctx parse;
 	struct descend_ctx descend;
 	struct match_ctx match;
@@ -199,8 +210,8 @@ static __always_inline struct scratch *get_scratch(void)
 
 static __always_inline __u32 task_vpid(struct task_struct *task)
 {
-	struct pid *pid = BPF_CORE_READ(task, group_leader, thread_pid);
-	unsigned int level = BPF_CORE_READ(pid, level);
+	struct pid *pid = task->group_leader->thread_pid;
+	unsigned int level = pid->level;
 	struct upid up = {};
 
 	bpf_probe_read_kernel(&up, sizeof(up),
@@ -211,13 +222,13 @@ static __always_inline __u32 task_vpid(struct task_struct *task)
 
 static __always_inline __u32 task_tty(struct task_struct *task)
 {
-	struct tty_struct *tty = BPF_CORE_READ(task, signal, tty);
+	struct tty_struct *tty = task->signal->tty;
 	__u32 major, minor;
 
 	if (!tty)
 		return 0;
-	major = BPF_CORE_READ(tty, driver, major);
-	minor = BPF_CORE_READ(tty, driver, minor_start) + BPF_CORE_READ(tty, index);
+	major = tty->driver->major;
+	minor = tty->driver->minor_start + tty->index;
 	/* the encoding of /proc/PID/stat's tty_nr */
 	return (minor & 0xff) | (major << 8) | ((minor & ~0xffu) << 12);
 }
@@ -227,16 +238,22 @@ static __always_inline void fill_hdr(struct podlock_hdr *h, struct task_struct *
 {
 	h->time_ns = bpf_ktime_get_boot_ns();
 	h->kind = kind;
-	h->pid = BPF_CORE_READ(task, tgid);
+	h->pid = task->tgid;
 	h->vpid = task_vpid(task);
-	h->ppid = BPF_CORE_READ(task, real_parent, tgid);
-	h->uid = BPF_CORE_READ(task, cred, uid.val);
+	h->ppid = task->real_parent->tgid;
+	h->uid = task->cred->uid.val;
 	h->tty = task_tty(task);
 	h->cgroup_id = lbl->cgroup_id;
 	h->session_id = lbl->session_id;
 	h->session = lbl->session;
 	h->_pad[0] = h->_pad[1] = h->_pad[2] = 0;
 	bpf_get_current_comm(h->comm, sizeof(h->comm));
+}
+
+/* The struct mount around a vfsmount (container_of). */
+static __always_inline struct mount *real_mount(struct vfsmount *vfsmnt)
+{
+	return kernel_ptr((void *)vfsmnt - bpf_core_field_offset(struct mount, mnt), struct mount);
 }
 
 struct walk_ctx {
@@ -258,7 +275,6 @@ static long walk_step(__u32 i, void *data)
 	struct scratch *s = get_scratch();
 	struct dentry *dentry = c->dentry, *parent;
 	struct vfsmount *vfsmnt = c->vfsmnt;
-	struct mount *mnt = (void *)vfsmnt - bpf_core_field_offset(struct mount, mnt);
 	const unsigned char *name;
 	int off = c->off;
 	__u32 len;
@@ -269,24 +285,24 @@ static long walk_step(__u32 i, void *data)
 		c->done = 1;
 		return 1;
 	}
-	if (dentry == BPF_CORE_READ(vfsmnt, mnt_root)) {
-		struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
+	if (dentry == vfsmnt->mnt_root) {
+		struct mount *mnt = real_mount(vfsmnt), *up = mnt->mnt_parent;
 
 		if (up == mnt) {
 			c->done = 1; /* the global root: the task's root is not above us */
 			return 1;
 		}
-		c->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
-		c->vfsmnt = (void *)up + bpf_core_field_offset(struct mount, mnt);
+		c->dentry = mnt->mnt_mountpoint;
+		c->vfsmnt = kernel_ptr(&up->mnt, struct vfsmount);
 		return 0;
 	}
-	parent = BPF_CORE_READ(dentry, d_parent);
+	parent = dentry->d_parent;
 	if (parent == dentry) {
 		c->done = 1;
 		return 1;
 	}
-	len = BPF_CORE_READ(dentry, d_name.len);
-	name = BPF_CORE_READ(dentry, d_name.name);
+	len = dentry->d_name.len;
+	name = dentry->d_name.name;
 	if (len > 255)
 		len = 255;
 	if (off - c->lo < (int)len + 1)
@@ -322,8 +338,8 @@ static __noinline int dir_path(struct scratch *s, struct task_struct *task, stru
 	struct walk_ctx c = {
 		.dentry = dentry,
 		.vfsmnt = vfsmnt,
-		.root_dentry = BPF_CORE_READ(task, fs, root.dentry),
-		.root_mnt = BPF_CORE_READ(task, fs, root.mnt),
+		.root_dentry = task->fs->root.dentry,
+		.root_mnt = task->fs->root.mnt,
 		.off = HALF,
 		.lo = HALF - room,
 		.prev = {HALF, HALF},
@@ -348,23 +364,22 @@ static __noinline int dir_path(struct scratch *s, struct task_struct *task, stru
 
 static __always_inline struct file *fd_file(struct task_struct *task, long fd)
 {
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct fdtable *fdt = task->files->fdt;
 	struct file **arr;
 	struct file *f = NULL;
 
-	if (fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
+	if (fd < 0 || fd >= fdt->max_fds)
 		return NULL;
-	arr = BPF_CORE_READ(fdt, fd);
+	arr = fdt->fd;
 	bpf_probe_read_kernel(&f, sizeof(f), &arr[fd]);
-	return f;
+	return f ? kernel_ptr(f, struct file) : NULL;
 }
 
 /* The absolute path of an open file into out[PODLOCK_PATH_LEN]. */
 static __noinline void file_path(struct scratch *s, struct task_struct *task, struct file *f,
 				 char *out)
 {
-	int off = dir_path(s, task, BPF_CORE_READ(f, f_path.dentry), BPF_CORE_READ(f, f_path.mnt),
-			   PODLOCK_PATH_LEN - 1);
+	int off = dir_path(s, task, f->f_path.dentry, f->f_path.mnt, PODLOCK_PATH_LEN - 1);
 
 	s->buf[HALF] = 0;
 	if (off == HALF) {
@@ -464,10 +479,6 @@ static long parse_step(__u32 i, void *data)
 }
 
 
-static __always_inline struct mount *real_mount(struct vfsmount *vfsmnt)
-{
-	return (void *)vfsmnt - bpf_core_field_offset(struct mount, mnt);
-}
 
 /* One `..` at the start: to the parent, or out of a mount root (follow_dotdot). */
 static long up_step(__u32 i, void *data)
@@ -632,31 +643,39 @@ static __noinline __u8 path_fs(struct scratch *s, struct task_struct *task, stru
 }
 
 /*
- * A path argument made absolute into out, and the mount it lands on (the
- * return value): relative paths are joined to the directory of dfd (or the
- * cwd), resolved in the kernel because short-lived processes like tar are gone
- * before user space could read /proc/PID/cwd. "." and ".." are left in the
- * text for user space to fold.
+ * A path argument made absolute into scratch.out, and the mount it lands on
+ * (the return value): relative paths are joined to the directory of dfd (or
+ * the cwd), resolved in the kernel because short-lived processes like tar are
+ * gone before user space could read /proc/PID/cwd. "." and ".." are left in
+ * the text for user space to fold. A global function, so the verifier checks it
+ * once rather than once per state of its callers.
  */
-static __noinline __u8 user_path(struct scratch *s, struct task_struct *task, long dfd,
-				 const char *upath, char *out)
+__noinline int user_path(long dfd, unsigned long upath_addr)
 {
-	long n = bpf_probe_read_user_str(s->upath, UPATH_LEN, upath);
+	struct task_struct *task = bpf_get_current_task_btf();
+	const char *upath = (const char *)upath_addr;
+	struct scratch *s = get_scratch();
 	struct dentry *dentry;
 	struct vfsmount *vfsmnt;
+	char *out;
+	long n;
 	__u8 fs;
 	int len, off;
 
+	if (!s)
+		return PODLOCK_FS_UNKNOWN;
+	out = s->out;
 	out[0] = 0;
+	n = bpf_probe_read_user_str(s->upath, UPATH_LEN, upath);
 	if (n <= 1)
 		return PODLOCK_FS_UNKNOWN;
 	len = n - 1;
 	if (s->upath[0] == '/') {
-		dentry = BPF_CORE_READ(task, fs, root.dentry);
-		vfsmnt = BPF_CORE_READ(task, fs, root.mnt);
+		dentry = task->fs->root.dentry;
+		vfsmnt = task->fs->root.mnt;
 	} else if ((int)dfd == AT_FDCWD) {
-		dentry = BPF_CORE_READ(task, fs, pwd.dentry);
-		vfsmnt = BPF_CORE_READ(task, fs, pwd.mnt);
+		dentry = task->fs->pwd.dentry;
+		vfsmnt = task->fs->pwd.mnt;
 	} else {
 		struct file *f = fd_file(task, (int)dfd);
 
@@ -664,8 +683,8 @@ static __noinline __u8 user_path(struct scratch *s, struct task_struct *task, lo
 			raw_text(s, upath, out);
 			return PODLOCK_FS_UNKNOWN;
 		}
-		dentry = BPF_CORE_READ(f, f_path.dentry);
-		vfsmnt = BPF_CORE_READ(f, f_path.mnt);
+		dentry = f->f_path.dentry;
+		vfsmnt = f->f_path.mnt;
 	}
 	fs = path_fs(s, task, dentry, vfsmnt, len);
 	if (s->upath[0] == '/') {
@@ -689,12 +708,12 @@ static __noinline __u8 user_path(struct scratch *s, struct task_struct *task, lo
 
 static __always_inline int is_regular(struct file *f)
 {
-	return (BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) == S_IFREG;
+	return (f->f_inode->i_mode & S_IFMT) == S_IFREG;
 }
 
 static __always_inline __u8 fs_of(struct task_struct *task, struct file *f)
 {
-	return BPF_CORE_READ(f, f_path.mnt) == BPF_CORE_READ(task, fs, root.mnt)
+	return f->f_path.mnt == task->fs->root.mnt
 		       ? PODLOCK_FS_ROOTFS
 		       : PODLOCK_FS_VOLUME;
 }
@@ -788,7 +807,7 @@ int BPF_PROG(on_exec, struct task_struct *task, pid_t old_pid, struct linux_binp
 		return 0;
 	}
 	fill_hdr(&ev->hdr, task, PODLOCK_EV_EXEC, lbl);
-	f = BPF_CORE_READ(bprm, file);
+	f = bprm->file;
 	ev->origin = exec_origin(task, f);
 	ev->_pad[0] = ev->_pad[1] = ev->_pad[2] = 0;
 	file_path(s, task, f, ev->exepath);
@@ -981,6 +1000,8 @@ static __noinline int file_event(struct pt_regs *regs, long nr, long ret, __u32 
 	struct scratch *s = get_scratch();
 	struct podlock_file_event *ev;
 	unsigned long a0 = regs->di, a1 = regs->si, a2 = regs->dx, a3 = regs->r10;
+	const char *path, *target = NULL;
+	long dfd, tdfd = AT_FDCWD;
 	__u8 op;
 
 	if (!s)
@@ -1009,68 +1030,70 @@ static __noinline int file_event(struct pt_regs *regs, long nr, long ret, __u32 
 	ev->path[0] = 0;
 	ev->target[0] = 0;
 
+	/* an open file, when there is one, gives the canonical path and the mount */
+	if ((op == PODLOCK_OP_OPEN && ret >= 0) || nr == NR_fchmod) {
+		struct file *f;
+
+		if (ret < 0) /* a refused fchmod: nothing to name */
+			goto submit;
+		f = fd_file(task, op == PODLOCK_OP_OPEN ? (long)ret : (long)a0);
+		if (!f || !is_regular(f)) {
+			bpf_ringbuf_discard(ev, 0);
+			return 0;
+		}
+		ev->fs = fs_of(task, f);
+		file_path(s, task, f, ev->path);
+		goto submit;
+	}
+	/* else the path arguments: (directory fd, path) for the path and the target.
+	 * One call of each helper below: the verifier checks a subprogram once per
+	 * call site. */
 	switch (nr) {
 	case NR_open:
 	case NR_creat:
-	case NR_openat:
-	case NR_openat2:
-		if (ret >= 0) {
-			/* success: the open file gives the canonical path and the mount */
-			struct file *f = fd_file(task, ret);
-
-			if (!f || !is_regular(f)) {
-				bpf_ringbuf_discard(ev, 0);
-				return 0;
-			}
-			ev->fs = fs_of(task, f);
-			file_path(s, task, f, ev->path);
-		} else if (nr == NR_open || nr == NR_creat) {
-			ev->fs = user_path(s, task, AT_FDCWD, (const char *)a0, ev->path);
-		} else {
-			ev->fs = user_path(s, task, a0, (const char *)a1, ev->path);
-		}
-		break;
-	case NR_fchmod:
-		if (ret >= 0) {
-			struct file *f = fd_file(task, a0);
-
-			if (!f || !is_regular(f)) {
-				bpf_ringbuf_discard(ev, 0);
-				return 0;
-			}
-			ev->fs = fs_of(task, f);
-			file_path(s, task, f, ev->path);
-		}
-		break;
-	/* rename and link: both paths are on one mount, or the call failed (EXDEV) */
 	case NR_rename:
 	case NR_link:
-		ev->fs = user_path(s, task, AT_FDCWD, (const char *)a0, ev->path);
-		user_path(s, task, AT_FDCWD, (const char *)a1, ev->target);
+	case NR_unlink:
+	case NR_mkdir:
+	case NR_chmod:
+		dfd = AT_FDCWD;
+		path = (const char *)a0;
+		tdfd = AT_FDCWD;
+		target = (const char *)a1;
+		break;
+	case NR_symlink:
+		dfd = AT_FDCWD;
+		path = (const char *)a1;
+		target = (const char *)a0;
+		break;
+	case NR_symlinkat:
+		dfd = a1;
+		path = (const char *)a2;
+		target = (const char *)a0;
 		break;
 	case NR_renameat:
 	case NR_renameat2:
 	case NR_linkat:
-		ev->fs = user_path(s, task, a0, (const char *)a1, ev->path);
-		user_path(s, task, a2, (const char *)a3, ev->target);
+		dfd = a0;
+		path = (const char *)a1;
+		tdfd = a2;
+		target = (const char *)a3;
 		break;
-	case NR_symlink:
-		ev->fs = user_path(s, task, AT_FDCWD, (const char *)a1, ev->path);
-		raw_text(s, (const char *)a0, ev->target);
-		break;
-	case NR_symlinkat:
-		ev->fs = user_path(s, task, a1, (const char *)a2, ev->path);
-		raw_text(s, (const char *)a0, ev->target);
-		break;
-	case NR_unlink:
-	case NR_mkdir:
-	case NR_chmod:
-		ev->fs = user_path(s, task, AT_FDCWD, (const char *)a0, ev->path);
-		break;
-	default: /* unlinkat, mkdirat, fchmodat, fchmodat2 */
-		ev->fs = user_path(s, task, a0, (const char *)a1, ev->path);
+	default: /* openat, openat2, unlinkat, mkdirat, fchmodat, fchmodat2 */
+		dfd = a0;
+		path = (const char *)a1;
 		break;
 	}
+	/* rename and link: both paths are on one mount, or the call failed (EXDEV) */
+	ev->fs = user_path(dfd, (unsigned long)path);
+	bpf_probe_read_kernel_str(ev->path, sizeof(ev->path), s->out);
+	if (op == PODLOCK_OP_SYMLINK) {
+		raw_text(s, target, ev->target);
+	} else if (op == PODLOCK_OP_RENAME || op == PODLOCK_OP_LINK) {
+		user_path(tdfd, (unsigned long)target);
+		bpf_probe_read_kernel_str(ev->target, sizeof(ev->target), s->out);
+	}
+submit:
 	bpf_ringbuf_submit(ev, file_wakeup());
 	return 0;
 }

@@ -334,7 +334,7 @@ def main() -> int:
             result = container.volume / "result"
             result.unlink(missing_ok=True)
             (container.volume / "go").write_text("1")
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 300  # a shared machine can be very slow
             while not result.exists():
                 assert time.monotonic() < deadline, "container workload did not finish"
                 time.sleep(0.005)

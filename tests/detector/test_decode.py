@@ -62,6 +62,11 @@ def hdr(kind: int, session: int = 2, comm: bytes = b"sh") -> bytes:
     )
 
 
+# "…" (3 bytes of UTF-8) and the last names: 255 bytes, the longest a path field holds
+CUT_PATH = "…" + "/d" * 125 + "/x"
+assert len(CUT_PATH.encode()) == 255
+
+
 def path(text: str, size: int = 256) -> bytes:
     return text.encode().ljust(size, b"\0")
 
@@ -108,6 +113,18 @@ def exec_record(origin: int, exepath: str, args: bytes) -> bytes:
                 target="/etc/b",
             ),
         ),
+        (  # a cut path fills its field: the mark, then the end that names the file
+            file_record(4, 2, 0, CUT_PATH),
+            d.RawFile(
+                hdr=d.RawHeader(5_000, 4242, 7, 4200, 0, 0x8801, 77, Session.EXEC, 4240, "sh"),
+                op=FileOp.MKDIR,
+                fs=FsKind.VOLUME,
+                result=0,
+                flags=0o1101,
+                path=CUT_PATH,
+                target="",
+            ),
+        ),
         (
             exec_record(2, "/tmp/tool", b"/tmp/tool\0-x\0"),
             d.RawExec(
@@ -132,7 +149,7 @@ def exec_record(origin: int, exepath: str, args: bytes) -> bytes:
             ),
         ),
     ],
-    ids=["open-rootfs", "rename-refused", "exec-upper", "exit", "cgroup"],
+    ids=["open-rootfs", "rename-refused", "mkdir-cut-path", "exec-upper", "exit", "cgroup"],
 )
 def test_decode_records(record: bytes, expected: d.Raw) -> None:
     assert d.decode(record) == expected

@@ -51,22 +51,29 @@ def own_container(e2e_dir: Path, image: Path, detector: Any) -> Iterator[Contain
 
 
 def file_events(detector: Any, container: Container, suffix: str) -> list[dict[str, Any]]:
-    """The file events of one container whose path ends with `suffix`."""
+    """The file events of one container whose path ends with `suffix`. (The events log
+    holds every container's events on this machine: only this one's lines are parsed.)"""
+    with detector.events_log.open(errors="replace") as log:
+        mine = [json.loads(line) for line in log if container.id in line]
     return [
         ev
-        for ev in detector.events()
+        for ev in mine
         if ev.get("type") == "FileEvent"
         and ev["proc"]["container_id"] == container.id
         and ev["path"].endswith(suffix)
     ]
 
 
-def wait_events(detector: Any, container: Container, suffix: str) -> list[dict[str, Any]]:
+def wait_events(
+    detector: Any, container: Container, suffix: str, ops: frozenset[str] = frozenset()
+) -> list[dict[str, Any]]:
+    """The file events whose path ends with `suffix`, once there is one of each of `ops`
+    (at least one event when `ops` is empty)."""
     found: list[dict[str, Any]] = []
 
     def seen(_alerts: object) -> bool:
         found[:] = file_events(detector, container, suffix)
-        return bool(found)
+        return bool(found) and ops <= {ev["op"] for ev in found}
 
     detector.wait_for(seen)
     return found
@@ -110,9 +117,8 @@ def test_path_only_operations_45_levels_down_are_classified_by_mount(
         "abs-dir": "mkdir",
     }
     for name, op in ops.items():
-        events = [
-            ev for ev in wait_events(detector, own_container, f"{bottom}/{name}") if ev["op"] == op
-        ]
+        found = wait_events(detector, own_container, f"{bottom}/{name}", frozenset({op}))
+        events = [ev for ev in found if ev["op"] == op]
         assert events, (name, op)
         for ev in events:
             assert ev["fs"] == fs, (name, op, ev["path"])
@@ -137,6 +143,21 @@ def test_path_only_operations_45_levels_down_are_classified_by_mount(
     ]
 
 
+def test_dot_dot_across_the_volume_mount_is_followed(
+    detector: Any, own_container: Container
+) -> None:
+    result = own_container.exec(
+        "set -e; mkdir /vol/../tmp/dd-a /tmp/../vol/dd-b /vol/./../vol/dd-c; "
+        "cd /vol; mkdir ../tmp/dd-d; cd /tmp; mkdir ../vol/dd-e ../../../tmp/dd-f"
+    )
+    assert result.returncode == 0, result.stderr
+    expected = {"dd-a": "rootfs", "dd-b": "volume", "dd-c": "volume", "dd-d": "rootfs",
+                "dd-e": "volume", "dd-f": "rootfs"}  # fmt: skip
+    got = {name: {ev["fs"] for ev in wait_events(detector, own_container, "/" + name)}
+           for name in expected}  # fmt: skip
+    assert got == {name: {fs} for name, fs in expected.items()}
+
+
 @pytest.mark.parametrize(("base", "fs"), [("/tmp", "rootfs"), ("/vol", "volume")])
 def test_4096_byte_paths_keep_their_end_and_their_filesystem(
     detector: Any, own_container: Container, base: str, fs: str
@@ -152,16 +173,12 @@ def test_4096_byte_paths_keep_their_end_and_their_filesystem(
         f'rm "{path}"; mkdir "{path}"'
     )
     assert result.returncode == 0, result.stderr
-    seen = set()
-    for ev in wait_events(detector, own_container, "/" + name):
-        seen.add(ev["op"])
+    ops = frozenset({"open", "chmod", "unlink", "mkdir"})
+    events = wait_events(detector, own_container, "/" + name, ops)
+    assert {ev["op"] for ev in events} == ops
+    for ev in events:
         assert ev["fs"] == fs, ev["op"]
         assert ev["path"].startswith(CUT + "/") and len(ev["path"].encode()) < PATH_LEN
-    for op in ("open", "chmod", "unlink", "mkdir"):
-        if op not in seen:  # the later operations may still be on their way
-            events = wait_events(detector, own_container, "/" + name)
-            seen |= {ev["op"] for ev in events}
-    assert seen == {"open", "chmod", "unlink", "mkdir"}
 
 
 def test_kubectl_cp_of_10k_files_is_one_aggregated_alert(
