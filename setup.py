@@ -30,7 +30,8 @@ def compiled_modules() -> list[str]:
 
 
 class BuildPy(build_py):
-    """Builds the BPF object before the package data is collected; leaves compiled sources out."""
+    """Builds the BPF object before the package data is collected; leaves compiled sources out
+    of the wheel."""
 
     def run(self) -> None:
         if not self.editable_mode:  # an editable install uses the checkout's own `make bpf`
@@ -38,12 +39,16 @@ class BuildPy(build_py):
             subprocess.run(["make", "--no-print-directory", "-o", "system-deps", "bpf"], check=True)
         super().run()
 
-    def find_package_modules(self, package: str, package_dir: str) -> list[tuple[str, str, str]]:
-        modules = super().find_package_modules(package, package_dir)
-        if self.editable_mode:
-            return modules
-        compiled = {os.path.normpath(p) for p in compiled_modules()}
-        return [m for m in modules if os.path.normpath(m[2]) not in compiled]
+    def build_module(self, module: str, module_file: str, package: str) -> tuple[str, bool]:
+        # only the build leaves them out: the sdist keeps every source
+        if not self.editable_mode and os.path.normpath(module_file) in self._compiled:
+            return module_file, False
+        result: tuple[str, bool] = super().build_module(module, module_file, package)
+        return result
+
+    @property
+    def _compiled(self) -> set[str]:
+        return {os.path.normpath(p) for p in compiled_modules()}
 
 
 def extensions() -> list[object]:
