@@ -135,6 +135,7 @@ class Cluster:
     apiserver_port: int = 0
     kubelet_port: int = 0
     tag: str = ""  # names the host-wide things this cluster owns (bridge, cgroup root)
+    _ca: cluster_pki.PemPair | None = None
     _netns: set[str] = field(default_factory=set)
     _stopped: bool = False
 
@@ -168,9 +169,6 @@ class Cluster:
     @property
     def server(self) -> str:
         return f"https://127.0.0.1:{self.apiserver_port}"
-
-    def logs(self) -> dict[str, Path]:
-        return {c.name: c.log for c in self.components}
 
     # --- start -------------------------------------------------------------------------------
 
@@ -345,6 +343,7 @@ class Cluster:
     def add_user(self, user: str, groups: Sequence[str] = (), *, path: Path | None = None) -> Path:
         """A client certificate for `user` in `groups` and a kubeconfig using it (RBAC decides
         what the user may do); returns the kubeconfig's path."""
+        assert self._ca is not None, "add_user before the cluster's PKI exists"
         pair = cluster_pki.client(self._ca, user, groups, now=cluster_pki.now())
         stem = re.sub(r"[^A-Za-z0-9_.-]", "_", user)
         (self.pki / f"{stem}.crt").write_bytes(pair.cert)
@@ -660,7 +659,7 @@ state = "{base}/state"
 
     def _kill_cgroup_processes(self) -> None:
         for _ in range(20):
-            pids = set()
+            pids: set[int] = set()
             for d in self._cgroup_dirs():
                 with contextlib.suppress(OSError):
                     pids.update(int(p) for p in (d / "cgroup.procs").read_text().split())
