@@ -13,7 +13,7 @@ CORPUS = ROOT / "tests" / "corpus"
 
 
 def corpus_dir() -> Path:
-    """`tests/corpus`; a missing corpus fails loudly rather than letting its tests pass on nothing."""
+    """`tests/corpus`; a missing corpus fails loudly, never lets its tests pass on nothing."""
     if not (CORPUS / "SOURCES.md").is_file():
         raise AssertionError(f"the manifest corpus is missing: expected {CORPUS}/SOURCES.md")
     return CORPUS
