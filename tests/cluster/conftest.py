@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cluster import Cluster, ClusterError
 
 _running: list[Cluster] = []
+_reported: list[str] = []  # the test whose report carries the logs' ends
 
 
 @pytest.fixture(scope="session")
@@ -40,5 +41,11 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     if report.failed and _running and "cluster" in getattr(item, "fixturenames", ()):
-        report.sections.append(("cluster component logs", _running[0].failure_report()))
+        cluster = _running[0]
+        if _reported:  # the logs' ends once per session; later failures name the directory
+            tail = f"see {cluster.workdir / 'logs'}"
+        else:
+            tail = cluster.failure_report()
+            _reported.append(item.nodeid)
+        report.sections.append(("cluster component logs", tail))
     return report
