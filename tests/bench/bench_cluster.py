@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
 
-from cluster import Cluster, call, wait_until
+from k8s_cluster import Cluster, call, wait_until
 from machine import cpu_model
 from podlock_host import (
     new_ca,

@@ -1,9 +1,12 @@
-"""The integration cluster, one per test session: tests anywhere under tests/cluster/ that take
-the `cluster` fixture share it. A failed test's report ends with every component's log."""
+"""The integration cluster, one per run of this package: tests anywhere under tests/cluster/ that
+take the `cluster` fixture share it, and it stops after the last of them (so it does not load
+the machine while the rest of the suite runs). A failed test's report ends with the
+components' logs."""
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -12,27 +15,32 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cluster import Cluster, ClusterError
+from k8s_cluster import Cluster, ClusterError
 
 _running: list[Cluster] = []
 _reported: list[str] = []  # the test whose report carries the logs' ends
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     if os.geteuid() != 0:
         # a failure, not a skip: a skipped cluster test would pass CI while proving nothing
         pytest.fail("the integration cluster needs root (containerd, kubelet): run as root")
+    # SIGTERM (a timeout) ends the run through KeyboardInterrupt, so the teardown still runs
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        started = Cluster.start(tmp_path_factory.mktemp("cluster"))
-    except ClusterError as err:
-        pytest.fail(f"the test cluster did not start: {err}", pytrace=False)
-    _running.append(started)
-    try:
-        yield started
+        try:
+            started = Cluster.start(tmp_path_factory.mktemp("cluster"))
+        except ClusterError as err:
+            pytest.fail(f"the test cluster did not start: {err}", pytrace=False)
+        _running.append(started)
+        try:
+            yield started
+        finally:
+            _running.remove(started)
+            started.stop()
     finally:
-        _running.remove(started)
-        started.stop()
+        signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -23,8 +23,8 @@ from typing import Any
 import jsonpatch
 import pytest
 import yaml
-from cluster import Cluster, call, wait_until
 from cryptography import x509
+from k8s_cluster import Cluster, call, wait_until
 from podlock_host import (
     Server,
     new_ca,

@@ -17,6 +17,7 @@ wrapper modules in this directory pin.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import http.client
 import json
 import os
@@ -41,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 CACHE = Path.home() / ".cache" / "podlock"
 NODE = "localhost"  # --hostname-override: exec and cp then dial the kubelet on loopback
 CLUSTER_CIDR_BASE = "10.244"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class ClusterError(RuntimeError):
@@ -268,7 +270,11 @@ class Cluster:
         log = self.workdir / "logs" / f"{name}.log"
         with log.open("ab") as out:
             proc = subprocess.Popen(
-                list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                list(argv),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
             )
         component = Component(name, proc, log)
         self.components.append(component)
@@ -693,6 +699,13 @@ state = "{base}/state"
         for d in self._cgroup_dirs():
             with contextlib.suppress(OSError):
                 d.rmdir()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the test process dies, so a test run killed
+    without its teardown (a timeout, a closed pipe) leaves no control plane running."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _cgroup_mounts() -> list[Path]:
