@@ -41,8 +41,8 @@ from certs_host import (  # noqa: E402
     start_replicas,
     stop_replicas,
 )
-from cluster import Cluster, wait_until  # noqa: E402
 from cryptography import x509  # noqa: E402
+from k8s_cluster import Cluster, wait_until  # noqa: E402
 from machine import cpu_model  # noqa: E402
 
 RESULTS = HERE / "results" / "certs.md"

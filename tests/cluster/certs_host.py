@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from cluster import Cluster, free_port, wait_until
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 from deploy_render import template
+from k8s_cluster import Cluster, free_port, wait_until
 
 NAMESPACE = "podlock-system"
 GOVERNED = "certs-self-managed"

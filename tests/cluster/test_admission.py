@@ -23,8 +23,8 @@ from typing import Any
 import jsonpatch
 import pytest
 import yaml
-from cluster import Cluster, call, wait_until
 from cryptography import x509
+from k8s_cluster import Cluster, call, wait_until
 from podlock_host import (
     Server,
     new_ca,
@@ -39,6 +39,7 @@ from podlock_host import (
 from certs.pki import PemPair
 
 pytestmark = pytest.mark.root
+Completed = subprocess.CompletedProcess[str]
 
 ENFORCE, WARN, AUDIT = "pl-enforce", "pl-warn", "pl-audit"
 BUSYBOX = "localhost/podlock-busybox:1.0"
@@ -128,7 +129,7 @@ def deployment(name: str, template_pod: dict[str, Any], namespace: str = ENFORCE
     }
 
 
-def create(cluster: Cluster, obj: dict[str, Any], *args: str) -> Any:
+def create(cluster: Cluster, obj: dict[str, Any], *args: str) -> Completed:
     """`kubectl create -f -`, unchecked: the caller looks at the exit code and stderr."""
     return cluster.kubectl("create", "-f", "-", *args, input=yaml.safe_dump(obj), check=False)
 
@@ -289,7 +290,7 @@ def target(cluster: Cluster, podlock: Admission) -> Iterator[str]:
     delete_pod(cluster, "target")
 
 
-def debug(cluster: Cluster, pod_name: str, profile: str, container: str) -> Any:
+def debug(cluster: Cluster, pod_name: str, profile: str, container: str) -> Completed:
     return cluster.kubectl(
         "debug", pod_name, "-n", ENFORCE, f"--profile={profile}", f"--container={container}",
         f"--image={BUSYBOX}", "--image-pull-policy=Never", "--", "sleep", "3600",

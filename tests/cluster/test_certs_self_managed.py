@@ -38,9 +38,9 @@ from certs_host import (
     stop_replicas,
     verifies,
 )
-from cluster import Cluster, wait_until
 from cryptography import x509
 from deploy_render import CHART, helm, template
+from k8s_cluster import Cluster, wait_until
 
 from certs.keeper import Keeper, Target, api_client
 from certs.rotation import Policy

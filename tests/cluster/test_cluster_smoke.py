@@ -3,7 +3,7 @@ runs on it from a locally imported image, reachable with kubectl exec."""
 
 from __future__ import annotations
 
-from cluster import NODE, Cluster, wait_until
+from k8s_cluster import NODE, Cluster, wait_until
 
 POD = """
 apiVersion: v1

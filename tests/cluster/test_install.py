@@ -5,8 +5,8 @@ DaemonSet) — and podlock runs in the cluster: the API server calls the webhook
 Service, the replicas keep their own certificates and survive a renewal and an upgrade under
 load without one failed create, and the detector's pod reports a `kubectl cp` by pod name.
 
-Load is pods created through the API server in a loop; they select no node, so only admission
-is exercised (the kubelet never starts them)."""
+Load is pods created through the API server in a loop as server-side dry runs (certs_host.Load):
+admission runs in full, nothing is scheduled."""
 
 from __future__ import annotations
 
@@ -15,16 +15,15 @@ import json
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import Cluster, wait_until
+from certs_host import Load
 from deploy_render import CHART, helm
+from k8s_cluster import Cluster, wait_until
 
 pytestmark = pytest.mark.root
 
@@ -36,15 +35,6 @@ GOVERNED = "pl-installed"
 WEBHOOK = "podlock"
 SECRET = "podlock-tls"
 CHECK_INTERVAL = 2  # seconds between a replica's looks at its Secret (the chart's default: 30)
-PENDING_POD = {
-    "apiVersion": "v1",
-    "kind": "Pod",
-    "metadata": {"generateName": "load-", "labels": {"podlock-test": "load"}},
-    "spec": {
-        "nodeSelector": {"podlock.io/test": "no-such-node"},  # admitted, never started
-        "containers": [{"name": "main", "image": "localhost/podlock-busybox:1.0"}],
-    },
-}
 
 
 def _podlock(*args: str) -> subprocess.CompletedProcess[str]:
@@ -101,50 +91,6 @@ def _ca_bundles(cluster: Cluster) -> set[bytes]:
         for hook in cluster.get(kind, WEBHOOK)["webhooks"]:
             bundles.add(base64.b64decode(hook["clientConfig"]["caBundle"]))
     return bundles
-
-
-@dataclass
-class Load:
-    """Pods created in a loop through one kept-alive connection, until stopped."""
-
-    cluster: Cluster
-    created: int = 0
-    failures: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __enter__(self) -> Load:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        assert self._thread is not None
-        self._thread.join(timeout=60)
-        self.cluster.kubectl(
-            "delete", "pods", "-n", GOVERNED, "-l", "podlock-test=load", "--wait=false"
-        )
-
-    def _run(self) -> None:
-        conn = self.cluster.connection()
-        body = json.dumps(PENDING_POD)
-        path = f"/api/v1/namespaces/{GOVERNED}/pods"
-        while not self._stop.is_set():
-            try:
-                conn.request("POST", path, body, {"Content-Type": "application/json"})
-                response = conn.getresponse()
-                text = response.read().decode(errors="replace")
-            except OSError as err:
-                self.failures.append(f"connection: {err}")
-                conn.close()
-                conn = self.cluster.connection()
-                continue
-            if response.status == 201:
-                self.created += 1
-            else:
-                self.failures.append(f"{response.status}: {text[:300]}")
-        conn.close()
 
 
 def test_both_replicas_are_ready_and_both_configurations_trust_their_ca(
@@ -227,7 +173,9 @@ def test_podlock_system_is_exempt_so_the_install_never_deadlocks(installed: Clus
 
 def test_a_forced_renewal_under_load_fails_no_create(installed: Cluster) -> None:
     before = _secret(installed)["tls.crt"]
-    with Load(installed) as load:
+    load = Load(installed, namespace=GOVERNED)
+    load.start()
+    try:
         time.sleep(2)
         asked = _podlock("certs", "rotate", "--kubeconfig", str(installed.kubeconfig))
         assert asked.returncode == 0, asked.stderr
@@ -237,15 +185,19 @@ def test_a_forced_renewal_under_load_fails_no_create(installed: Cluster) -> None
             timeout=60,
         )
         time.sleep(3 * CHECK_INTERVAL)  # both replicas have picked it up and serve it
+    finally:
+        load.stop()
     assert load.failures == [], load.failures[:5]
-    assert load.created > 20
+    assert load.created > 20 and load.hardened == load.created
     assert _ca_bundles(installed) == {_secret(installed)["ca.crt"]}
 
 
 def test_an_upgrade_to_a_new_image_under_load_fails_no_create(installed: Cluster) -> None:
     new_tag = f"{VERSION}-upgrade"
     installed.ctr("images", "tag", "--force", f"{IMAGE}:{VERSION}", f"{IMAGE}:{new_tag}")
-    with Load(installed) as load:
+    load = Load(installed, namespace=GOVERNED)
+    load.start()
+    try:
         time.sleep(2)
         upgrade = [
             "upgrade", "podlock", str(CHART), "--namespace", NAMESPACE, "--reuse-values",
@@ -253,15 +205,19 @@ def test_an_upgrade_to_a_new_image_under_load_fails_no_create(installed: Cluster
         ]  # fmt: skip
         _helm(installed, *upgrade)
         time.sleep(2)
+    finally:
+        load.stop()
     assert load.failures == [], load.failures[:5]
-    assert load.created > 20
+    assert load.created > 20 and load.hardened == load.created
     pods = json.loads(
         installed.kubectl(
             "get", "pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=webhook",
             "-o", "json",
         ).stdout
     )["items"]  # fmt: skip
-    assert {p["spec"]["containers"][0]["image"] for p in pods} == {f"{IMAGE}:{new_tag}"}
+    serving = [p for p in pods if "deletionTimestamp" not in p["metadata"]]  # old ones drain
+    assert {p["spec"]["containers"][0]["image"] for p in serving} == {f"{IMAGE}:{new_tag}"}
+    assert _ready_replicas(installed) == 2
 
 
 def test_the_detector_pod_reports_a_copy_with_the_pods_name(

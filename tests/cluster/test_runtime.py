@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import NODE, Cluster, wait_until
+from k8s_cluster import NODE, Cluster, wait_until
 from podlock_host import podlock_argv
 
 pytestmark = pytest.mark.root

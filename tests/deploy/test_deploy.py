@@ -28,7 +28,7 @@ from kubernetes_validate.utils import ValidationError as SchemaError
 
 from webhook.cli import build_parser
 from webhook.cli import main as podlock_main
-from webhook.config import IMAGE_RULE, Settings, load_settings
+from webhook.config import Settings, load_settings
 from webhook.policy import evaluate
 from webhook.serve import GRACEFUL_TIMEOUT
 

@@ -17,6 +17,7 @@ wrapper modules in this directory pin.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import http.client
 import json
 import os
@@ -41,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 CACHE = Path.home() / ".cache" / "podlock"
 NODE = "localhost"  # --hostname-override: exec and cp then dial the kubelet on loopback
 CLUSTER_CIDR_BASE = "10.244"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class ClusterError(RuntimeError):
@@ -135,6 +137,7 @@ class Cluster:
     apiserver_port: int = 0
     kubelet_port: int = 0
     tag: str = ""  # names the host-wide things this cluster owns (bridge, cgroup root)
+    _ca: cluster_pki.PemPair | None = None
     _netns: set[str] = field(default_factory=set)
     _stopped: bool = False
 
@@ -183,9 +186,6 @@ class Cluster:
     @property
     def server(self) -> str:
         return f"https://127.0.0.1:{self.apiserver_port}"
-
-    def logs(self) -> dict[str, Path]:
-        return {c.name: c.log for c in self.components}
 
     # --- start -------------------------------------------------------------------------------
 
@@ -289,7 +289,11 @@ class Cluster:
         log = self.workdir / "logs" / f"{name}.log"
         with log.open("ab") as out:
             proc = subprocess.Popen(
-                list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                list(argv),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
             )
         component = Component(name, proc, log)
         self.components.append(component)
@@ -364,6 +368,7 @@ class Cluster:
     def add_user(self, user: str, groups: Sequence[str] = (), *, path: Path | None = None) -> Path:
         """A client certificate for `user` in `groups` and a kubeconfig using it (RBAC decides
         what the user may do); returns the kubeconfig's path."""
+        assert self._ca is not None, "add_user before the cluster's PKI exists"
         pair = cluster_pki.client(self._ca, user, groups, now=cluster_pki.now())
         stem = re.sub(r"[^A-Za-z0-9_.-]", "_", user)
         (self.pki / f"{stem}.crt").write_bytes(pair.cert)
@@ -702,7 +707,7 @@ state = "{base}/state"
 
     def _kill_cgroup_processes(self) -> None:
         for _ in range(20):
-            pids = set()
+            pids: set[int] = set()
             for d in self._cgroup_dirs():
                 with contextlib.suppress(OSError):
                     pids.update(int(p) for p in (d / "cgroup.procs").read_text().split())
@@ -736,6 +741,13 @@ state = "{base}/state"
         for d in self._cgroup_dirs():
             with contextlib.suppress(OSError):
                 d.rmdir()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the test process dies, so a test run killed
+    without its teardown (a timeout, a closed pipe) leaves no control plane running."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _cgroup_mounts() -> list[Path]:
