@@ -246,6 +246,15 @@ class Engine:
             self._sessions.prune(alive)
             self._procs.prune(alive)
 
+    def evictions(self) -> dict[str, int]:
+        """What each table's bound has pushed out since start (for metrics)."""
+        return {
+            "engine.sessions": self._sessions.evicted,
+            "engine.processes": self._procs.evicted,
+            "engine.groups": self.groups_closed_early,
+            "engine.rate_held": self._limiter.evicted_held if self._limiter is not None else 0,
+        }
+
     def table_sizes(self) -> dict[str, int]:
         """Entries in each long-lived table (for metrics and the soak benchmark)."""
         return {

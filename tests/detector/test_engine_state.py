@@ -107,6 +107,7 @@ def test_session_and_process_state_is_bounded_and_freed_on_exit() -> None:
     for pid in range(20000, 30000):  # never exit: the LRU bound holds
         eng.process(exec_(exec_proc(pid, comm="ls")), T0)
     assert len(eng._sessions) <= 4096
+    assert eng.evictions()["engine.sessions"] == 10000 - 4096
 
 
 def test_rate_limiter_token_refill() -> None:

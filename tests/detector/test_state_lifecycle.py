@@ -92,7 +92,7 @@ def test_aggregate_groups_past_the_bound_close_oldest_first_and_are_counted(
         tar = exec_proc(pid, comm="tar")
         out += eng.process(write(tar, f"/x/{pid}"), T0 + pid)
     assert [a.output_fields["podlock.agg.items"] for a in out] == ["/x/400", "/x/401"]
-    assert eng.groups_closed_early == 2
+    assert eng.evictions()["engine.groups"] == 2
     assert eng.table_sizes()["engine.groups"] == 3
 
 

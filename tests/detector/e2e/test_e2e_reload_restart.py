@@ -7,13 +7,25 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from .conftest import start_container, stop_container
+
 pytestmark = pytest.mark.root
+
+
+@pytest.fixture(scope="module")
+def container(e2e_dir: Path, image: Path, detector: Any) -> Iterator[Any]:
+    """This module's own container: its hundreds of writes must not use up the shared
+    detector's rate-limit bucket for the container the other modules write in."""
+    c = start_container(e2e_dir / "containers", image, readonly=False)
+    yield c
+    stop_container(c)
+
 
 ROOTFS_WRITE = "Write to container root filesystem in exec session"
 FLOW = 150  # files written by one exec session while the rules are reloaded
