@@ -267,6 +267,13 @@ def render(
         f"{plane_added + hook_added:.2f} ms ({plane_added:.2f} ms in the API server and etcd, "
         f"{hook_added:.2f} ms in podlock).",
         "",
+        f"{CLIENTS} clients keep {os.cpu_count()} cores busy (the API server and etcd alone use "
+        f"{per_create['without podlock'][0]:.1f} ms of CPU per create), so each create waits "
+        "behind the others: in this closed loop the latency podlock adds is about clients x "
+        f"added CPU / cores = {CLIENTS * (plane_added + hook_added) / (os.cpu_count() or 1):.0f} "
+        "ms, queueing rather than podlock's own time; the CPU column is the figure to compare "
+        "across machines.",
+        "",
     ]
     for arm, failures in failed.items():
         if failures:
