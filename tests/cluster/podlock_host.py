@@ -190,8 +190,12 @@ def register(cluster: Cluster, rendered: list[dict[str, Any]]) -> list[dict[str,
 
 
 def unregister(cluster: Cluster) -> None:
-    for kind in WEBHOOK_KINDS:
-        cluster.kubectl("delete", kind, "podlock", "--ignore-not-found")
+    """Deletes the cluster-wide objects `register` applies (webhook configurations, the
+    mode-label policy and its binding), so a later install — the Helm chart's — finds none of
+    them in its way. The namespace stays (see `register`'s callers)."""
+    for kind in APPLIED_KINDS:
+        if kind != "Namespace":
+            cluster.kubectl("delete", kind, "-l", "app.kubernetes.io/part-of=podlock")
 
 
 def wait_for_webhooks(cluster: Cluster, namespace: str) -> None:

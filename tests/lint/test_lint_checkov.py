@@ -43,6 +43,14 @@ DISAGREEMENTS: dict[Key, str] = {}
 # judged the pod templates of kinds it does not know: see the test below.)
 COVERAGE: list[tuple[str, str, Callable[[Key], bool], str, int]] = [
     (
+        "podlock",
+        "CKV_K8S_23 on DeploymentConfig",
+        lambda k: k[1] == "DeploymentConfig" and k[4] == "CKV_K8S_23",
+        "checkov's verdicts on OpenShift's DeploymentConfig cover only CKV_K8S_16 and "
+        "CKV_K8S_22; podlock judges their pod templates for run-as-non-root too",
+        39,
+    ),
+    (
         "checkov",
         "exempt namespace",
         lambda k: k[2] == "kube-system",

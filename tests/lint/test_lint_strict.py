@@ -200,5 +200,9 @@ def test_json_report_is_what_json_dumps_writes(message: str) -> None:
 
     finding = Finding("f.yaml", 3, "Pod", "", "p", "", "host-access", message)
     report = Report(findings=(finding,), errors=(), files=1, pod_specs=1)
-    document = {"findings": [json.loads(render_json(report))["findings"][0]], "errors": []}
+    document = {
+        "findings": [json.loads(render_json(report))["findings"][0]],
+        "errors": [],
+        "skipped": [],
+    }
     assert render_json(report) == json.dumps(document, indent=2) + "\n"

@@ -245,7 +245,12 @@ def image(e2e_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def detector(e2e_dir: Path) -> Iterator[Detector]:
-    d = start_detector(e2e_dir / "detector")
+    # One detector watches every module's writes into the shared containers: a per-container
+    # rate limit would make what a test sees depend on the tests before it. The rate limit is
+    # tested on its own (test_engine_state, and the SIGTERM test with a detector of its own).
+    config = e2e_dir / "shared-detector.yaml"
+    config.write_text("rate_limit: {enabled: false}\n")
+    d = start_detector(e2e_dir / "detector", ["--config", str(config)])
     yield d
     stop_detector(d)
 

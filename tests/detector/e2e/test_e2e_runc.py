@@ -122,7 +122,9 @@ def test_container_process_writing_rootfs_is_only_a_notice(
     others = [
         a
         for a in alerts
-        if a["output_fields"].get("fd.name") == "/etc/owned-by-init" and a["rule"] != OWN_WRITE
+        if a["output_fields"].get("fd.name") == "/etc/owned-by-init"
+        and a["output_fields"].get("container.id") == container.short_id
+        and a["rule"] != OWN_WRITE
     ]
     assert others == []
 
