@@ -8,7 +8,6 @@ Writes tests/bench/results/outputs.md. Needs root.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import socket
 import subprocess
@@ -19,21 +18,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from machine import load_harness
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results" / "outputs.md"
 ALERTS = 10_500
 CAPACITY = 10_000
-
-
-def load_harness() -> Any:
-    """The e2e tests' runc helpers (tests/detector/e2e/conftest.py)."""
-    path = ROOT / "tests" / "detector" / "e2e" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("podlock_e2e_harness", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
 
 
 def free_port() -> int:

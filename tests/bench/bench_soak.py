@@ -21,7 +21,6 @@ Writes tests/bench/results/soak.md. Needs root.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import platform
 import resource
@@ -34,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from machine import cpu_model
+from machine import cpu_model, load_harness
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -83,17 +82,6 @@ int main(int argc, char **argv) {
 TRUE_C = r"""
 void _start(void) { __asm__ volatile("mov $60, %eax\n xor %edi, %edi\n syscall"); }
 """
-
-
-def load_harness() -> Any:
-    """The e2e tests' runc helpers (tests/detector/e2e/conftest.py)."""
-    path = ROOT / "tests" / "detector" / "e2e" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("podlock_e2e_harness", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
 
 
 def rss_kib() -> int:

@@ -4,7 +4,7 @@
 A benchmark that fails is reported and the others still run; the exit status is non-zero if
 any failed. Sections are concatenated in file-name order, each as its benchmark wrote it.
 `run_all.py bench_detector.py` runs only the named benchmarks and gathers every section again
-(the others as their last full run left them).
+(the others as their last full run left them); `run_all.py --gather` runs none and only gathers.
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ def machine_header() -> list[str]:
 
 def main() -> int:
     failed: list[str] = []
-    only = set(sys.argv[1:])
-    scripts = sorted(HERE.glob("bench_*.py"))
+    gather_only = sys.argv[1:] == ["--gather"]
+    only = set() if gather_only else set(sys.argv[1:])
+    scripts = [] if gather_only else sorted(HERE.glob("bench_*.py"))
     if unknown := only - {s.name for s in scripts}:
         print(f"run_all: no benchmark named {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2

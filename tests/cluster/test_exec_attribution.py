@@ -5,28 +5,22 @@ without the API server (containerd's own exec) says it is unmatched."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from k8s_cluster import NODE, Cluster, wait_until
+from detect_host import Alert, Detector
+from k8s_cluster import Cluster
 
 pytestmark = pytest.mark.root
 
-Alert = dict[str, Any]
 NAMESPACE = "pl-who"
 POD = "shared"
 ROOTFS_RULE = "Write to container root filesystem in exec session"
 CP_RULE = "kubectl cp into container"
 SAME_COMMAND = ("sh", "-c", "echo hello >> /tmp/who-was-it")
-ROOT = Path(__file__).resolve().parents[2]
 
 MANIFESTS: list[dict[str, Any]] = [
     {
@@ -65,53 +59,6 @@ MANIFESTS: list[dict[str, Any]] = [
 ]
 
 
-class Detector:
-    """`podlock detect --json --audit-log …` on the host, watching the cluster's pods."""
-
-    def __init__(self, workdir: Path, cluster: Cluster) -> None:
-        self.alerts_file = workdir / "alerts.jsonl"
-        self.log = workdir / "detector.log"
-        pidfile = workdir / "detect.pid"
-        env = {**os.environ, "NODE_NAME": NODE, "KUBECONFIG": str(cluster.kubeconfig)}
-        argv = [sys.executable, "-m", "webhook.cli", "detect", "--json", "--pidfile", str(pidfile)]
-        argv += ["--audit-log", str(cluster.audit_log)]
-        with self.alerts_file.open("wb") as out, self.log.open("wb") as err:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=ROOT)
-
-        def attached() -> bool:
-            assert self.proc.poll() is None, self.log.read_text()
-            return pidfile.exists()
-
-        wait_until("podlock detect to attach", attached, timeout=60)
-
-    def alerts(self) -> list[Alert]:
-        lines = self.alerts_file.read_text(errors="replace").splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
-
-    def wait_for(self, what: str, match: Callable[[Alert], bool], count: int = 1) -> list[Alert]:
-        found: list[Alert] = []
-
-        def seen() -> bool:
-            assert self.proc.poll() is None, self.log.read_text()
-            found[:] = [a for a in self.alerts() if match(a)]
-            return len(found) >= count
-
-        try:
-            wait_until(what, seen, timeout=30)
-        except Exception:
-            rules = sorted({a["rule"] for a in self.alerts()})
-            raise AssertionError(f"{what}: not seen; alerts so far: {rules}") from None
-        return found
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
 @pytest.fixture(scope="module")
 def detector(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Detector]:
     cluster.create_namespace(NAMESPACE)
@@ -119,7 +66,7 @@ def detector(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
     d = None
     try:
         cluster.wait_pod_running(POD, NAMESPACE)
-        d = Detector(tmp_path_factory.mktemp("who"), cluster)
+        d = Detector(tmp_path_factory.mktemp("who"), cluster, "--audit-log", str(cluster.audit_log))
         # the detector knows the pod before anyone execs (its metadata comes from a watch)
         time.sleep(1)
         yield d

@@ -4,22 +4,17 @@ own exec liveness probe, which must stay silent."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from k8s_cluster import NODE, Cluster, wait_until
-from podlock_host import podlock_argv
+from detect_host import Alert, Detector
+from k8s_cluster import Cluster, wait_until
 
 pytestmark = pytest.mark.root
 
-Alert = dict[str, Any]
 NAMESPACE = "pl-runtime"
 POD = "drift"
 CONTAINER = "app"
@@ -63,59 +58,19 @@ MANIFEST = {
 }
 
 
-class Detector:
-    def __init__(self, workdir: Path, cluster: Cluster) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.alerts_file = workdir / "alerts.jsonl"
-        self.stderr = workdir / "detector.log"
-        pidfile = workdir / "pid"
-        env = {**os.environ, "NODE_NAME": NODE, "KUBECONFIG": str(cluster.kubeconfig)}
-        with self.alerts_file.open("wb") as out, self.stderr.open("wb") as err:
-            self.proc = subprocess.Popen(
-                podlock_argv("detect", "--json", "--pidfile", str(pidfile)),
-                stdout=out,
-                stderr=err,
-                env=env,
-            )
+def of(detector: Detector, rule: str) -> list[Alert]:
+    return [
+        a for a in detector.alerts()
+        if a["rule"] == rule and a["output_fields"].get("k8s.pod.name") == POD
+    ]  # fmt: skip
 
-        def attached() -> bool:
-            assert self.proc.poll() is None, self.stderr.read_text()
-            return pidfile.exists()
 
-        wait_until("podlock detect to attach", attached, timeout=60)
-
-    def alerts(self) -> list[Alert]:
-        lines = self.alerts_file.read_text(errors="replace").splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
-
-    def of(self, rule: str) -> list[Alert]:
-        return [
-            a for a in self.alerts()
-            if a["rule"] == rule and a["output_fields"].get("k8s.pod.name") == POD
-        ]  # fmt: skip
-
-    def wait_for(self, rule: str, match: Callable[[Alert], bool]) -> Alert:
-        found: list[Alert] = []
-
-        def seen() -> bool:
-            assert self.proc.poll() is None, self.stderr.read_text()
-            found[:] = [a for a in self.of(rule) if match(a)]
-            return bool(found)
-
-        try:
-            wait_until(f"a {rule!r} alert", seen, timeout=20)
-        except Exception:
-            rules = sorted({a["rule"] for a in self.alerts()})
-            raise AssertionError(f"no {rule!r} alert for {POD}; alerts so far: {rules}") from None
-        return found[0]
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+def wait_for(detector: Detector, rule: str, match: Callable[[Alert], bool]) -> Alert:
+    return detector.wait_for(
+        f"a {rule!r} alert for {POD}",
+        lambda a: a["rule"] == rule and a["output_fields"].get("k8s.pod.name") == POD and match(a),
+        timeout=20,
+    )[0]
 
 
 @pytest.fixture(scope="module")
@@ -146,21 +101,21 @@ def test_kubectl_cp_of_a_directory_is_one_alert_with_pod_metadata(
     (source / "a.sh").write_text("echo a\n")
     (source / "sub" / "b.txt").write_text("b\n")
     cluster.kubectl("cp", str(source), f"{NAMESPACE}/{POD}:/tmp/payload", "-c", CONTAINER)
-    alert = detector.wait_for(CP_RULE, lambda a: "/tmp/payload/a.sh" in a["output"])
+    alert = wait_for(detector, CP_RULE, lambda a: "/tmp/payload/a.sh" in a["output"])
     f = fields(alert)
     assert f["k8s.ns.name"] == NAMESPACE
     assert f["container.name"] == CONTAINER
     for path in ("/tmp/payload/a.sh", "/tmp/payload/sub/b.txt"):
         assert path in alert["output"]
     time.sleep(1.5)  # the copy's aggregation window: still exactly one alert afterwards
-    assert len([a for a in detector.of(CP_RULE) if "/tmp/payload/" in a["output"]]) == 1
+    assert len([a for a in of(detector, CP_RULE) if "/tmp/payload/" in a["output"]]) == 1
 
 
 def test_exec_write_into_an_emptydir_is_the_volume_rule(
     cluster: Cluster, detector: Detector
 ) -> None:
     cluster.kubectl("exec", POD, "-n", NAMESPACE, "--", "sh", "-c", "echo x > /tmp/exec-note")
-    alert = detector.wait_for(VOLUME_RULE, lambda a: fields(a).get("fd.name") == "/tmp/exec-note")
+    alert = wait_for(detector, VOLUME_RULE, lambda a: fields(a).get("fd.name") == "/tmp/exec-note")
     assert fields(alert)["container.name"] == CONTAINER
     assert fields(alert)["k8s.ns.name"] == NAMESPACE
 
@@ -172,7 +127,7 @@ def test_exec_write_into_the_root_filesystem_is_the_refused_attempt_rule(
         "exec", POD, "-n", NAMESPACE, "--", "sh", "-c", "echo x > /etc/evil", check=False
     )
     assert "Read-only file system" in result.stderr
-    alert = detector.wait_for(REFUSED_RULE, lambda a: fields(a).get("fd.name") == "/etc/evil")
+    alert = wait_for(detector, REFUSED_RULE, lambda a: fields(a).get("fd.name") == "/etc/evil")
     assert fields(alert)["k8s.pod.name"] == POD
 
 

@@ -1,0 +1,69 @@
+"""`podlock detect` on the cluster's node (this host), with pod metadata from the cluster's API
+server (NODE_NAME and the admin kubeconfig): started, its JSON alerts read, stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from k8s_cluster import NODE, Cluster, wait_until
+from podlock_host import podlock_argv
+
+Alert = dict[str, Any]
+
+
+class Detector:
+    def __init__(self, workdir: Path, cluster: Cluster, *extra: str) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.alerts_file = workdir / "alerts.jsonl"
+        self.stderr = workdir / "detector.log"
+        pidfile = workdir / "pid"
+        env = {**os.environ, "NODE_NAME": NODE, "KUBECONFIG": str(cluster.kubeconfig)}
+        with self.alerts_file.open("wb") as out, self.stderr.open("wb") as err:
+            self.proc = subprocess.Popen(
+                podlock_argv("detect", "--json", "--pidfile", str(pidfile), *extra),
+                stdout=out,
+                stderr=err,
+                env=env,
+            )
+
+        def attached() -> bool:
+            assert self.proc.poll() is None, self.stderr.read_text()
+            return pidfile.exists()
+
+        wait_until("podlock detect to attach", attached, timeout=60)
+
+    def alerts(self) -> list[Alert]:
+        lines = self.alerts_file.read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def wait_for(
+        self, what: str, match: Callable[[Alert], bool], count: int = 1, timeout: float = 30
+    ) -> list[Alert]:
+        """The alerts `match` accepts, once there are `count` of them."""
+        found: list[Alert] = []
+
+        def seen() -> bool:
+            assert self.proc.poll() is None, self.stderr.read_text()
+            found[:] = [a for a in self.alerts() if match(a)]
+            return len(found) >= count
+
+        try:
+            wait_until(what, seen, timeout=timeout)
+        except Exception:
+            rules = sorted({a["rule"] for a in self.alerts()})
+            raise AssertionError(f"{what}: not seen; alerts so far: {rules}") from None
+        return found
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
