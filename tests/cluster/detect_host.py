@@ -3,11 +3,13 @@ server (NODE_NAME and the admin kubeconfig): started, its JSON alerts read, stop
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +69,23 @@ class Detector:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+@contextlib.contextmanager
+def watching(
+    cluster: Cluster, workdir: Path, namespace: str, objects: Any, pod: str, *extra: str
+) -> Iterator[Detector]:
+    """A namespace with these objects, `pod` running, and a detector on the node watching it;
+    the detector stopped and the namespace deleted afterwards."""
+    cluster.create_namespace(namespace)
+    cluster.apply(objects)
+    detector = None
+    try:
+        cluster.wait_pod_running(pod, namespace)
+        detector = Detector(workdir, cluster, *extra)
+        time.sleep(1)  # its pod watch has listed the pod before anyone execs
+        yield detector
+    finally:
+        if detector is not None:
+            detector.stop()
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false")

