@@ -17,7 +17,7 @@ from k8s_cluster import Cluster
 pytestmark = pytest.mark.root
 
 NAMESPACE = "pl-who"
-POD = "shared"
+POD = "team-app"
 ROOTFS_RULE = "Write to container root filesystem in exec session"
 CP_RULE = "kubectl cp into container"
 SAME_COMMAND = ("sh", "-c", "echo hello >> /tmp/who-was-it")
