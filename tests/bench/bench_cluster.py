@@ -25,11 +25,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
+TESTS = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(TESTS / "cluster"), str(TESTS / "support")]
 
-from k8s_cluster import Cluster, call, wait_until
-from machine import cpu_model
-from podlock_host import (
+from k8s_cluster import Cluster, call, wait_until  # noqa: E402
+from machine import cpu_model  # noqa: E402
+from podlock_host import (  # noqa: E402
     new_ca,
     register,
     render_host_overlay,
