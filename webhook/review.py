@@ -298,6 +298,12 @@ def _validate_debug(
         f"kubectl debug into pod {request.namespace}/{request.name or _object_name(request)}"
         f" (ephemeral container {', '.join(sorted(added))})"
     )
+    return _exec_answer(action, what)
+
+
+def _exec_answer(action: str, what: str) -> _Answer:
+    """exec-into-hardened-pod's answer for `what` (an exec, attach or debug): deny, warn or
+    audit (`off` is decided by the caller)."""
     rules = (policy.EXEC_INTO_POD,)
     if action == "deny":
         message = (
@@ -342,17 +348,7 @@ def _validate_exec(request: _Request, mode: Mode, settings: Settings) -> _Answer
     argv = " ".join(c for c in command if isinstance(c, str)) if isinstance(command, list) else ""
     what = f"kubectl {request.sub_resource} into pod {request.namespace}/{request.name}"
     detail = f"container {container}" + (f", command {argv}" if argv else "")
-    rules = (policy.EXEC_INTO_POD,)
-    if action == "deny":
-        message = (
-            f"podlock denied {what} ({detail}): {policy.EXEC_INTO_POD}: containers here are "
-            "immutable; ship a new image instead"
-        )
-        return _Answer(allowed=False, message=message, rules=rules)
-    if action == "warn":
-        warning = f"podlock: {policy.EXEC_INTO_POD}: {what} ({detail})"
-        return _Answer(warnings=_warnings((warning,)), rules=rules)
-    return _Answer(audit={"exec": f"{what} ({detail})"}, rules=rules)
+    return _exec_answer(action, f"{what} ({detail})")
 
 
 _STRENGTH = {"off": 0, "audit": 1, "warn": 2, "deny": 3}
