@@ -694,15 +694,13 @@ state = "{base}/state"
                     self._netns.add(ns["path"])
 
     def _cgroup_dirs(self) -> Iterator[Path]:
-        """This cluster's cgroup directories in every hierarchy, deepest first."""
+        """This cluster's cgroup directories in every hierarchy, deepest first. The kubelet and
+        runc remove them meanwhile: os.walk skips one that vanishes (rglob raised)."""
         for hierarchy in _cgroup_mounts():
             top = hierarchy / self.cgroup_root.lstrip("/")
             if top.is_dir():
-                yield from sorted(
-                    (p for p in top.rglob("*") if p.is_dir()),
-                    key=lambda p: len(p.parts),
-                    reverse=True,
-                )
+                found = [Path(root) / d for root, dirs, _ in os.walk(top) for d in dirs]
+                yield from sorted(found, key=lambda p: len(p.parts), reverse=True)
                 yield top
 
     def _kill_cgroup_processes(self) -> None:
