@@ -472,18 +472,27 @@ def test_shutdown_is_bounded_even_when_stdout_never_drains() -> None:
             stream.close()
 
 
-def test_a_batch_written_after_the_program_exited_is_sent_again() -> None:
+def test_a_batch_written_after_the_program_exited_is_sent_again(tmp_path: Path) -> None:
     """The program exits between two writes (no idle check in between): the second batch
     and whatever the first left unread come back to be sent to the next program."""
-    writer = ProgramWriter("exit 0", True)
-    try:
-        writer.write([b"one"])
-        pending: list[bytes] = []
-    except Retry as err:
-        pending = err.resend
-    time.sleep(0.3)  # it has exited
+    # It waits on a gate before exiting, so the first write surely finds it alive; the test
+    # then waits until it is a zombie (exited, not yet reaped), so the second surely does not.
+    gate, pidfile = tmp_path / "gate", tmp_path / "pid"
+    os.mkfifo(gate)
+    writer = ProgramWriter(f"echo $$ > {pidfile}; cat {gate} >/dev/null; exit 0", True)
+    writer.write([b"one"])
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() != "")
+    pid = int(pidfile.read_text())
+    with open(gate, "wb"):
+        pass  # the program's `cat` reads end of file
+    wait_for(lambda: _process_state(pid) == "Z")
     with pytest.raises(Retry) as info:
         writer.write([b"two", b"three"])
-    assert info.value.resend[-2:] == [b"two", b"three"]
-    assert b"one" in pending + info.value.resend
+    assert info.value.resend == [b"one", b"two", b"three"]
     writer.close()
+
+
+def _process_state(pid: int) -> str:
+    """The one-letter state in /proc/<pid>/stat (after the command name in brackets)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2]
