@@ -2,7 +2,8 @@
 
 Why these gunicorn settings:
 - `gthread` workers keep connections open between requests; the `sync` worker closes each one,
-  so every admission call would pay a TLS handshake.
+  so every admission call would pay a TLS handshake. podlock's variant (webhook/worker.py)
+  gives a connection to a thread only once a request arrives on it.
 - keep-alive 120 s, longer than the API server's 90 s idle timeout, so the API server (not us)
   closes idle connections and never sends a request on a connection we are closing.
 - SIGTERM drains: gunicorn stops accepting, finishes in-flight requests for up to
@@ -44,6 +45,7 @@ from webhook.app import create_app
 from webhook.config import ConfigError, Settings, load_settings
 from webhook.metrics import MAX_SLOTS, Metrics
 from webhook.tls import ReloadingContext, TLSError
+from webhook.worker import RequestReadyWorker
 
 if TYPE_CHECKING:
     from certs.keeper import Keeper
@@ -278,7 +280,7 @@ def _serve(
     options: dict[str, Any] = {
         "bind": [args.bind],
         "workers": args.workers,
-        "worker_class": "gthread",
+        "worker_class": RequestReadyWorker,
         "threads": THREADS,
         "keepalive": KEEPALIVE,
         "graceful_timeout": GRACEFUL_TIMEOUT,
