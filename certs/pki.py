@@ -164,6 +164,38 @@ def generate_serving(
     return PemPair(cert=_cert_pem(cert), key=_key_pem(key))
 
 
+def generate_client(
+    ca: PemPair,
+    name: str,
+    groups: Sequence[str] = (),
+    *,
+    now: datetime,
+    validity: timedelta = timedelta(days=SERVING_DAYS),
+) -> PemPair:
+    """A client-auth certificate for `name` (its CN) in `groups` (its O entries, which the
+    Kubernetes API server reads as the user's groups), signed by `ca`."""
+    ca_cert = x509.load_pem_x509_certificate(ca.cert)
+    ca_key = serialization.load_pem_private_key(ca.key, password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise CertError("the CA key is not an ECDSA key")
+    key = _new_key()
+    subject = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, group) for group in groups]
+    subject.append(x509.NameAttribute(NameOID.COMMON_NAME, name))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(subject))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + validity)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return PemPair(cert=_cert_pem(cert), key=_key_pem(key))
+
+
 def generate_bundle(
     service: str,
     namespace: str,
