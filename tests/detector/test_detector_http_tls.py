@@ -17,27 +17,15 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from alert_samples import numbered_alert as alert
 
 from certs.pki import generate_ca, generate_client, generate_serving
-from detector.alerts import Alert, Priority
 from detector.config import HttpOutput, load_detector_settings
 from detector.errors import ConfigError
 from detector.outputs import Output, Outputs
 from detector.outputs.base import json_line
 from detector.outputs.delivery import Limits
 from detector.outputs.http import HttpWriter
-
-
-def alert(n: int) -> Alert:
-    return Alert(
-        time_ns=1_790_000_000_000_000_000 + n,
-        rule="Write to container root filesystem in exec session",
-        priority=Priority.ERROR,
-        output=f"write n={n}",
-        output_fields={"fd.name": f"/etc/{n}"},
-        tags=("maturity_stable",),
-        hostname="node-1",
-    )
 
 
 class _Receiver(BaseHTTPRequestHandler):

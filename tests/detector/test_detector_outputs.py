@@ -22,8 +22,9 @@ from typing import ClassVar
 
 import orjson
 import pytest
+from alert_samples import numbered_alert as alert
 
-from detector.alerts import Alert, Priority
+from detector.alerts import Alert
 from detector.config import (
     FileOutput,
     HttpOutput,
@@ -40,18 +41,6 @@ from detector.outputs.file import FileWriter
 from detector.outputs.http import HttpWriter
 from detector.outputs.program import ProgramWriter
 from detector.outputs.stdout import StdoutWriter
-
-
-def alert(n: int) -> Alert:
-    return Alert(
-        time_ns=1_790_000_000_000_000_000 + n,
-        rule="Write to container root filesystem in exec session",
-        priority=Priority.ERROR,
-        output=f"write n={n}",
-        output_fields={"fd.name": f"/etc/{n}", "podlock.drops": 0},
-        tags=("maturity_stable",),
-        hostname="node-1",
-    )
 
 
 def one(writer: Writer, fmt: Formatter = json_line, limits: Limits | None = None) -> Outputs:
