@@ -128,7 +128,7 @@ def start_server(
             cwd=ROOT,
             preexec_fn=_die_with_parent,
         )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90  # a loaded machine boots the workers slowly
     port = 0
     while time.monotonic() < deadline:
         text = log.read_text(errors="replace")
