@@ -139,6 +139,14 @@ def start_container(base: Path, image: Path, readonly: bool) -> Container:
             check=True,
             timeout=30,
         )
+    # `runc run -d` returns before the init execs its program: an exec right away would be
+    # the cgroup's first process and be taken for the container's own tree
+    state = subprocess.run(["runc", "state", cid], capture_output=True, check=True)
+    comm = Path(f"/proc/{json.loads(state.stdout)['pid']}/comm")
+    deadline = time.monotonic() + 60
+    while comm.read_text().strip() != "sh":
+        assert time.monotonic() < deadline, "the container's init did not start"
+        time.sleep(0.02)
     return Container(cid, pod_uid, bundle, volume, readonly, merged)
 
 
