@@ -195,10 +195,14 @@ class Detector:
         """SIGTERM, as a DaemonSet's pod deletion sends; returns the exit status."""
         return stop_detector(self)
 
-    def settle(self, seconds: float = 1.5) -> list[Alert]:
-        """Alerts after a quiet period (for asserting that something did NOT happen)."""
-        time.sleep(seconds)
-        return self.alerts()
+    def settle(self, container: Container) -> list[Alert]:
+        """Every alert of what happened so far (for asserting that something did NOT
+        happen): a write in `container` now is evaluated after every event before it, and
+        its alert comes out after theirs."""
+        marker = f"/etc/settled-{secrets.token_hex(8)}"
+        result = container.exec(f": > {marker}")
+        assert result.returncode == 0, result.stderr
+        return self.wait_for(lambda a: any(x["output_fields"].get("fd.name") == marker for x in a))
 
 
 def podlock_cmd() -> list[str]:

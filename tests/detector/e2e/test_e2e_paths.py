@@ -195,7 +195,7 @@ def test_kubectl_cp_of_10k_files_is_one_aggregated_alert(
         ]
 
     detector.wait_for(lambda a: bool(copies(a)), timeout=60)
-    alerts = copies(detector.settle(3))
+    alerts = copies(detector.settle(own_container))
     assert len(alerts) == 1
     fields = alerts[0]["output_fields"]
     assert fields["podlock.agg.count"] >= count  # every file (and the directory)
