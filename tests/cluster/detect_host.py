@@ -46,7 +46,7 @@ class Detector:
         return [json.loads(line) for line in lines if line.startswith("{")]
 
     def wait_for(
-        self, what: str, match: Callable[[Alert], bool], count: int = 1, timeout: float = 30
+        self, what: str, match: Callable[[Alert], bool], count: int = 1, timeout: float = 60
     ) -> list[Alert]:
         """The alerts `match` accepts, once there are `count` of them."""
         found: list[Alert] = []
