@@ -13,7 +13,7 @@ CERTS := .certs
 # compiled admission path, the eBPF toolchain, and container runtimes for the detector's
 # end-to-end tests; the benchmarks also need a load tool.
 APT_PACKAGES := python3-venv python3-dev gcc clang llvm libbpf-dev bpftool runc containerd \
-	busybox-static umoci containernetworking-plugins iptables iproute2
+	busybox-static umoci containernetworking-plugins iptables iproute2 openssl
 BENCH_APT_PACKAGES := wrk
 IMAGE_APT_PACKAGES := mmdebstrap
 

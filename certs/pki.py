@@ -134,17 +134,43 @@ def generate_serving(
     validity: timedelta = timedelta(days=SERVING_DAYS),
 ) -> PemPair:
     """A server-auth certificate for the Service's DNS names and `hosts`, signed by `ca`."""
-    sans = subject_alt_names(service, namespace, hosts)
+    subject = [x509.NameAttribute(NameOID.COMMON_NAME, f"{service}.{namespace}.svc")]
+    sans = x509.SubjectAlternativeName(subject_alt_names(service, namespace, hosts))
+    return _signed_leaf(ca, subject, ExtendedKeyUsageOID.SERVER_AUTH, [sans], now, validity)
+
+
+def generate_client(
+    ca: PemPair,
+    name: str,
+    groups: Sequence[str] = (),
+    *,
+    now: datetime,
+    validity: timedelta = timedelta(days=SERVING_DAYS),
+) -> PemPair:
+    """A client-auth certificate for `name` (its CN) in `groups` (its O entries, which the
+    Kubernetes API server reads as the user's groups), signed by `ca`."""
+    subject = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, group) for group in groups]
+    subject.append(x509.NameAttribute(NameOID.COMMON_NAME, name))
+    return _signed_leaf(ca, subject, ExtendedKeyUsageOID.CLIENT_AUTH, [], now, validity)
+
+
+def _signed_leaf(
+    ca: PemPair,
+    subject: list[x509.NameAttribute[str]],
+    usage: x509.ObjectIdentifier,
+    extensions: list[x509.ExtensionType],
+    now: datetime,
+    validity: timedelta,
+) -> PemPair:
+    """A new key and an end-entity certificate for it, for `usage`, signed by `ca`."""
     ca_cert = x509.load_pem_x509_certificate(ca.cert)
     ca_key = serialization.load_pem_private_key(ca.key, password=None)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise CertError("the CA key is not an ECDSA key")
     key = _new_key()
-    cert = (
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(
-            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{service}.{namespace}.svc")])
-        )
+        .subject_name(x509.Name(subject))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -152,16 +178,16 @@ def generate_serving(
         .not_valid_after(now + validity)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(signs_certificates=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
             critical=False,
         )
-        .sign(ca_key, hashes.SHA256())
     )
-    return PemPair(cert=_cert_pem(cert), key=_key_pem(key))
+    for extension in extensions:
+        builder = builder.add_extension(extension, critical=False)
+    return PemPair(cert=_cert_pem(builder.sign(ca_key, hashes.SHA256())), key=_key_pem(key))
 
 
 def generate_bundle(

@@ -70,6 +70,16 @@ class HttpOutput:
     """Each alert's JSON is POSTed here (falcosidekick takes it as is)."""
     timeout_s: float = 2.0
     """Per request; a sender thread posts so a slow receiver never stalls detection."""
+    user_agent: str = "podlock-detector"
+    # https:// only, Falco's keys and meanings: the receiver's certificate is checked against
+    # the system's CAs, or `ca_cert` (a PEM file) and `ca_path` (a c_rehash'ed directory) when
+    # set; `insecure` checks nothing; `mtls` presents `client_cert` with `client_key`.
+    insecure: bool = False
+    ca_cert: str = ""
+    ca_path: str = ""
+    mtls: bool = False
+    client_cert: str = ""
+    client_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -144,6 +154,10 @@ class DetectorSettings:
     """Alerts' `hostname`: $NODE_NAME, else the host name."""
 
 
+HTTP_TLS_KEYS = frozenset(
+    {"user_agent", "insecure", "ca_cert", "ca_path", "mtls", "client_cert", "client_key"}
+)
+
 _TOP_KEYS = frozenset(
     {
         "rules_file", "json_output", "priority", "rule_matching", "stdout_output",
@@ -192,7 +206,7 @@ def load_detector_settings(
     stdout = reader.section("stdout_output", {"enabled"})
     file_out = reader.section("file_output", {"enabled", "filename", "keep_alive"})
     prog = reader.section("program_output", {"enabled", "program", "keep_alive"})
-    http = reader.section("http_output", {"enabled", "url", "timeout"})
+    http = reader.section("http_output", {"enabled", "url", "timeout", *HTTP_TLS_KEYS})
     queue = reader.section("outputs_queue", {"capacity", "max_bytes", "max_retry_interval"})
     rate = reader.section("rate_limit", {"enabled", "rate", "max_burst", "summary_interval"})
     audit = reader.section(
@@ -218,9 +232,24 @@ def load_detector_settings(
         enabled=reader.flag("http_output.enabled", False, http),
         url=reader.text("http_output.url", "", http),
         timeout_s=reader.number("http_output.timeout", 2.0, http),
+        user_agent=reader.text("http_output.user_agent", "podlock-detector", http),
+        insecure=reader.flag("http_output.insecure", False, http),
+        ca_cert=reader.text("http_output.ca_cert", "", http),
+        ca_path=reader.text("http_output.ca_path", "", http),
+        mtls=reader.flag("http_output.mtls", False, http),
+        client_cert=reader.text("http_output.client_cert", "", http),
+        client_key=reader.text("http_output.client_key", "", http),
     )
     if http_output.enabled and not http_output.url.startswith(("http://", "https://")):
         raise ConfigError(f"{where}: key 'http_output.url': must be an http:// or https:// URL")
+    tls_keys = [key for key in sorted(HTTP_TLS_KEYS) if key in http and key != "user_agent"]
+    if http_output.enabled and http_output.url.startswith("http://") and tls_keys:
+        raise ConfigError(
+            f"{where}: key 'http_output.{tls_keys[0]}': set for a plain http:// url, which has "
+            "no TLS (use https://)"
+        )
+    if http_output.mtls and not (http_output.client_cert and http_output.client_key):
+        raise ConfigError(f"{where}: key 'http_output.mtls': needs both client_cert and client_key")
     outputs_queue = OutputsQueue(
         capacity=int(reader.number("outputs_queue.capacity", 10_000, queue, whole=True)),
         max_bytes=int(reader.number("outputs_queue.max_bytes", 16 << 20, queue, whole=True)),

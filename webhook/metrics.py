@@ -42,7 +42,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from webhook.config import MODES
-from webhook.policy import EXEC_INTO_POD, RULES
+from webhook.policy import EXEC_INTO_POD, LATE_EXEMPTION, RULES
 from webhook.review import Endpoint
 
 Result = Literal["allowed", "denied", "patched", "error"]
@@ -69,7 +69,7 @@ class Layout:
             MODES,
             (*_OPERATIONS, "other", UNKNOWN_OPERATION),
             get_args(Result),
-            (NO_RULE, *RULES, EXEC_INTO_POD),
+            (NO_RULE, *RULES, EXEC_INTO_POD, LATE_EXEMPTION),
         )
         self.requests: dict[RequestKey, int] = {key: i for i, key in enumerate(requests)}
         # Per endpoint and mode: a cell per bucket (not cumulative), one for +Inf, one for the sum.

@@ -675,5 +675,25 @@ def exemption(
     return None
 
 
+def late_exemption(
+    ref: PodSpecRef, old: PodSpecRef, namespace: str, settings: Settings
+) -> list[Violation]:
+    """A pod UPDATE that adds the opt-out where it would count: refused by late-exemption,
+    since an exemption granted after admission skips what admission judged. Removing the
+    opt-out, or keeping one the pod was created with, is no finding; nor is any other change
+    (labels, finalizers, owner references: the spec of a running pod is not judged again)."""
+    if (
+        LATE_EXEMPTION not in settings.enabled_rules
+        or namespace in settings.exempt_namespaces
+        or namespace not in settings.pod_opt_out_namespaces
+        or not _opts_out(ref)
+        or _opts_out(old)
+    ):
+        return []
+    where = "label" if ref.labels.get(OPT_OUT_KEY) == "true" else "annotation"
+    message = f"the {where} {OPT_OUT_KEY} can only be set when the pod is created"
+    return [Violation(LATE_EXEMPTION, "", (), message)]
+
+
 def _opts_out(ref: PodSpecRef) -> bool:
     return ref.annotations.get(OPT_OUT_KEY) == "true" or ref.labels.get(OPT_OUT_KEY) == "true"

@@ -238,8 +238,12 @@ def _validate(request: _Request, mode: Mode, settings: Settings) -> _Answer:
                 ref = pod_spec(request.obj, request.kind)
                 if ref is not None and not _exempt(request, ref, settings):
                     debug = _validate_debug(request, added, mode, settings)
+        elif _is_pod(request, "") and request.operation == "UPDATE":
+            # Only an opt-out added after admission: a label change or finalizer removal on
+            # any pod (one created before podlock, an exempt one) is never refused.
+            violations = _late_opt_out(request, settings)
         else:
-            return _Answer()  # a label change or finalizer removal is never refused
+            return _Answer()
     elif request.kind in WORKLOAD_KINDS and request.operation in ("CREATE", "UPDATE"):
         violations = _judge(request, request.obj, settings, "template", None)
         if request.operation == "UPDATE" and violations:
@@ -284,6 +288,14 @@ def _answer(
     if mode == "warn":
         return _Answer(warnings=_warnings(tuple(f"podlock: {line}" for line in lines)), rules=rules)
     return _Answer(audit={"violations": "; ".join(lines)}, rules=rules)
+
+
+def _late_opt_out(request: _Request, settings: Settings) -> list[policy.Violation]:
+    ref = pod_spec(request.obj, request.kind)
+    if ref is None:
+        return []
+    old = pod_spec(request.old, request.kind) or _NO_OLD
+    return policy.late_exemption(ref, old, request.namespace, settings)
 
 
 def _validate_debug(

@@ -87,6 +87,5 @@ def build_outputs(settings: DetectorSettings, json_stdout: bool) -> Outputs:
         prog = settings.program_output
         made.append(("program", ProgramWriter(prog.program, prog.keep_alive), fmt))
     if settings.http_output.enabled:
-        http = settings.http_output
-        made.append(("http", HttpWriter(http.url, http.timeout_s), json_line))
+        made.append(("http", HttpWriter(settings.http_output), json_line))
     return Outputs([Output(name, writer, f, limits) for name, writer, f in made])

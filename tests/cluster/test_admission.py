@@ -42,6 +42,7 @@ pytestmark = pytest.mark.root
 Completed = subprocess.CompletedProcess[str]
 
 ENFORCE, WARN, AUDIT = "pl-enforce", "pl-warn", "pl-audit"
+OPT_OUT = "pl-opt-out"  # an enforce namespace whose pods may carry podlock.io/exempt
 BUSYBOX = "localhost/podlock-busybox:1.0"
 NGINX = "localhost/nginx:1.27"
 RULES = (
@@ -76,18 +77,19 @@ class Admission:
 def podlock(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admission]:
     work = tmp_path_factory.mktemp("podlock")
     ca = new_ca()
-    server = start_server(work / "serve", ca)
+    server = start_server(work / "serve", ca, {"podOptOutNamespaces": [OPT_OUT]})
     try:
         rendered = render_host_overlay(work, server.url, ca.cert)
         register(cluster, rendered)
         cluster.create_namespace(ENFORCE)
+        cluster.create_namespace(OPT_OUT)
         cluster.create_namespace(WARN, {"podlock.io/mode": "warn"})
         cluster.create_namespace(AUDIT, {"podlock.io/mode": "audit"})
         wait_for_webhooks(cluster, ENFORCE)
         yield Admission(server, ca, work, rendered)
     finally:
         unregister(cluster)
-        for ns in (ENFORCE, WARN, AUDIT):
+        for ns in (ENFORCE, WARN, AUDIT, OPT_OUT):
             cluster.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found")
         server.stop()
 
@@ -302,9 +304,11 @@ def target(cluster: Cluster, podlock: Admission) -> Iterator[str]:
     delete_pod(cluster, "target")
 
 
-def debug(cluster: Cluster, pod_name: str, profile: str, container: str) -> Completed:
+def debug(
+    cluster: Cluster, pod_name: str, profile: str, container: str, namespace: str = ENFORCE
+) -> Completed:
     return cluster.kubectl(
-        "debug", pod_name, "-n", ENFORCE, f"--profile={profile}", f"--container={container}",
+        "debug", pod_name, "-n", namespace, f"--profile={profile}", f"--container={container}",
         f"--image={BUSYBOX}", "--image-pull-policy=Never", "--", "sleep", "3600",
         check=False,
     )  # fmt: skip
@@ -683,3 +687,53 @@ def test_certificate_rotation_fails_no_admission(cluster: Cluster, podlock: Admi
     served = ssl.get_server_certificate(("127.0.0.1", podlock.server.port))
     latest = podlock.server.cert.read_bytes()
     assert x509.load_pem_x509_certificate(served.encode()) == x509.load_pem_x509_certificate(latest)
+
+
+# --- 11. an exemption cannot be granted after admission (issue 11, item 7) --------------------
+
+
+def test_the_opt_out_cannot_be_added_to_a_running_pod(cluster: Cluster, podlock: Admission) -> None:
+    """`kubectl label pod late podlock.io/exempt=true`, then `kubectl debug --profile=sysadmin`:
+    the label is refused (late-exemption), so the debugger is judged and refused too. Every
+    other label change passes, and does not even wait for podlock (the webhook's matchCondition):
+    it succeeds while podlock is down, where adding the opt-out fails closed."""
+    cluster.apply(pod("late", OPT_OUT))
+    try:
+        cluster.wait_pod_running("late", OPT_OUT)
+        for verb, where in (("label", "label"), ("annotate", "annotation")):
+            result = cluster.kubectl(
+                verb, "pod", "late", "-n", OPT_OUT, "podlock.io/exempt=true", check=False
+            )
+            assert result.returncode != 0
+            assert_refused_by_podlock(
+                result.stderr, "enforce.validate.podlock.io", f"Pod {OPT_OUT}/late: pod: "
+                f"late-exemption: the {where} podlock.io/exempt can only be set when the pod is "
+                "created",
+            )  # fmt: skip
+        metadata = cluster.get("pod", "late", OPT_OUT)["metadata"]
+        assert "podlock.io/exempt" not in (metadata.get("labels") or {})
+        assert "podlock.io/exempt" not in (metadata.get("annotations") or {})
+        refused = debug(cluster, "late", "sysadmin", "dbg-late", OPT_OUT)
+        assert refused.returncode != 0
+        assert_refused_by_podlock(
+            refused.stderr, "enforce.validate.podlock.io", "dbg-late", "privileged-container"
+        )
+        relabel = cluster.kubectl("label", "pod", "late", "-n", OPT_OUT, "team=a", check=False)
+        assert relabel.returncode == 0, relabel.stderr
+        podlock.server.stop()
+        try:
+            down = cluster.kubectl(
+                "label", "pod", "late", "-n", OPT_OUT, "team=b", "--overwrite", check=False
+            )
+            assert down.returncode == 0, down.stderr
+            closed = cluster.kubectl(
+                "label", "pod", "late", "-n", OPT_OUT, "podlock.io/exempt=true", check=False
+            )
+            assert closed.returncode != 0
+            assert 'failed calling webhook "enforce.validate.podlock.io"' in closed.stderr
+        finally:
+            podlock.server.start()
+        labels = cluster.get("pod", "late", OPT_OUT)["metadata"]["labels"]
+        assert labels.get("team") == "b" and "podlock.io/exempt" not in labels
+    finally:
+        delete_pod(cluster, "late", OPT_OUT)

@@ -48,15 +48,31 @@ def _helm(cluster: Cluster, *args: str) -> str:
     return result.stdout
 
 
+# The detector configured through the chart: a site rules file (mounted from the chart's
+# ConfigMap, loaded after the built-in rules) and a configuration file.
+SITE_RULES = """\
+- rule: Site payload written
+  desc: a site's own rule, installed through the chart's detector.rules
+  condition: file_write and exec_session and fd.name startswith /tmp/payload/
+  output: site payload written (file=%fd.name pod=%k8s.pod.name)
+  priority: warning
+"""
+DETECTOR_VALUES = {
+    "detector": {"rules": {"site.yaml": SITE_RULES}, "config": {"priority": "notice"}}
+}
+
+
 @pytest.fixture(scope="module")
-def installed(cluster: Cluster) -> Iterator[Cluster]:
+def installed(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     subprocess.run(["make", "--no-print-directory", "image"], cwd=ROOT, check=True)
     archive = ROOT / "dist" / f"podlock-{VERSION}.oci.tar"
     cluster.ctr("images", "import", "--base-name", IMAGE, str(archive))
+    values = tmp_path_factory.mktemp("helm") / "values.json"
+    values.write_text(json.dumps(DETECTOR_VALUES))
     install = [
         "install", "podlock", str(CHART), "--namespace", NAMESPACE, "--create-namespace",
         "--set", f"certificates.selfManaged.checkInterval={CHECK_INTERVAL}",
-        "--wait", "--timeout", "5m",
+        "-f", str(values), "--wait", "--timeout", "5m",
     ]  # fmt: skip
     try:
         _helm(cluster, *install)
@@ -256,24 +272,23 @@ def test_the_detector_pod_reports_a_copy_with_the_pods_name(
     (payload / "tool.sh").write_text("echo dropped\n")
     installed.kubectl("cp", str(payload), f"{GOVERNED}/target:/tmp/payload")
 
-    found: list[dict[str, Any]] = []
+    found: dict[str, dict[str, Any]] = {}
 
     def reported() -> bool:
         logs = installed.kubectl(
             "logs", "-n", NAMESPACE, "daemonset/podlock-detector", check=False
         ).stdout
-        found[:] = [
-            alert
-            for line in logs.splitlines()
-            if line.startswith("{")
-            for alert in [json.loads(line)]
-            if alert["rule"] == "kubectl cp into container"
-            and "/tmp/payload/tool.sh" in alert["output"]
-        ]
-        return bool(found)
+        for line in logs.splitlines():
+            alert = json.loads(line) if line.startswith("{") else {}
+            if "/tmp/payload/tool.sh" in alert.get("output", ""):
+                found.setdefault(alert["rule"], alert)
+        return {"kubectl cp into container", "Site payload written"} <= found.keys()
 
-    wait_until("the detector pod's kubectl cp alert", reported, timeout=60)
-    fields = found[0]["output_fields"]
+    wait_until("the detector pod's kubectl cp and site rule alerts", reported, timeout=60)
+    fields = found["kubectl cp into container"]["output_fields"]
     assert fields["k8s.pod.name"] == "target"
     assert fields["k8s.ns.name"] == GOVERNED
     assert fields["container.name"] == "app"
+    site = found["Site payload written"]
+    assert site["priority"] == "Warning"
+    assert site["output_fields"]["k8s.pod.name"] == "target"

@@ -402,19 +402,24 @@ POD_RULES: set[Rule] = {
     ("", "v1", "pods", "CREATE", "Namespaced"),
     ("", "v1", "pods/ephemeralcontainers", "UPDATE", "Namespaced"),
 }
-WORKLOAD_RULES: set[Rule] = POD_RULES | {
-    (group, "v1", resource, op, "Namespaced")
-    for group, resource in [
-        ("apps", "deployments"),
-        ("apps", "statefulsets"),
-        ("apps", "daemonsets"),
-        ("apps", "replicasets"),
-        ("", "replicationcontrollers"),
-        ("batch", "jobs"),
-        ("batch", "cronjobs"),
-    ]
-    for op in ("CREATE", "UPDATE")
-}
+# Plain pod UPDATEs are validated only (late-exemption), never mutated.
+WORKLOAD_RULES: set[Rule] = (
+    POD_RULES
+    | {("", "v1", "pods", "UPDATE", "Namespaced")}
+    | {
+        (group, "v1", resource, op, "Namespaced")
+        for group, resource in [
+            ("apps", "deployments"),
+            ("apps", "statefulsets"),
+            ("apps", "daemonsets"),
+            ("apps", "replicasets"),
+            ("", "replicationcontrollers"),
+            ("batch", "jobs"),
+            ("batch", "cronjobs"),
+        ]
+        for op in ("CREATE", "UPDATE")
+    }
+)
 EXEC_RULES: set[Rule] = {
     ("", "v1", "pods/exec", "CONNECT", "Namespaced"),
     ("", "v1", "pods/attach", "CONNECT", "Namespaced"),
@@ -442,17 +447,21 @@ def test_webhook_entries(rendered: dict[str, list[Obj]], overlay: str) -> None:
             "path": f"/{verb}/{mode}",
         }
         assert "url" not in hook["clientConfig"]
+        conditions = [c["name"] for c in hook.get("matchConditions", [])]
         if verb == "mutate":
             assert (hook["failurePolicy"], hook["reinvocationPolicy"]) == ("Fail", "IfNeeded")
             assert flat_rules(hook) == POD_RULES
+            assert conditions == []
         elif guard:
             # A podlock outage must never take away `kubectl exec`.
             assert hook["failurePolicy"] == "Ignore"
             assert flat_rules(hook) == EXEC_RULES
             assert mode == "enforce"
+            assert conditions == []
         else:
             assert hook["failurePolicy"] == "Fail"
             assert flat_rules(hook) == WORKLOAD_RULES
+            assert conditions == ["plain-pod-update-adds-the-opt-out"]
     assert sorted(seen["MutatingWebhookConfiguration"]) == sorted(
         (f"{m}.mutate.podlock.io", m, False) for m in MODES
     )
@@ -460,6 +469,60 @@ def test_webhook_entries(rendered: dict[str, list[Obj]], overlay: str) -> None:
         [(f"{m}.validate.podlock.io", m, False) for m in MODES]
         + [("exec.validate.podlock.io", "enforce", True)]
     )
+
+
+OPT_OUT = {"podlock.io/exempt": "true"}
+# (resource, subresource, operation, old metadata, new metadata, sent to podlock)
+CONDITION_CASES: list[tuple[str, str, str, Obj | None, Obj, bool]] = [
+    ("pods", "", "CREATE", None, {}, True),
+    ("pods", "", "CREATE", None, {"labels": OPT_OUT}, True),
+    ("pods", "ephemeralcontainers", "UPDATE", {}, {}, True),
+    ("pods", "ephemeralcontainers", "UPDATE", {"labels": OPT_OUT}, {"labels": OPT_OUT}, True),
+    ("deployments", "", "UPDATE", {}, {"labels": {"app": "b"}}, True),
+    # plain pod UPDATEs: only the ones that add the opt-out
+    ("pods", "", "UPDATE", {}, {"labels": OPT_OUT}, True),
+    ("pods", "", "UPDATE", {"labels": {"app": "a"}}, {"labels": {"app": "a", **OPT_OUT}}, True),
+    ("pods", "", "UPDATE", {"annotations": {"a": "b"}}, {"annotations": OPT_OUT}, True),
+    ("pods", "", "UPDATE", {"annotations": OPT_OUT}, {"labels": OPT_OUT}, False),
+    ("pods", "", "UPDATE", {"labels": OPT_OUT}, {"labels": {**OPT_OUT, "app": "b"}}, False),
+    ("pods", "", "UPDATE", {"labels": OPT_OUT}, {}, False),
+    ("pods", "", "UPDATE", {}, {"labels": {"podlock.io/exempt": "false"}}, False),
+    ("pods", "", "UPDATE", {"labels": {"app": "a"}}, {"labels": {"app": "b"}}, False),
+    ("pods", "", "UPDATE", {"finalizers": ["x/y"]}, {}, False),
+]
+
+
+@pytest.mark.parametrize(("resource", "sub", "operation", "old", "new", "sent"), CONDITION_CASES)
+def test_plain_pod_updates_reach_podlock_only_when_they_add_the_opt_out(
+    rendered: dict[str, list[Obj]],
+    resource: str,
+    sub: str,
+    operation: str,
+    old: Obj | None,
+    new: Obj,
+    sent: bool,
+) -> None:
+    # The API server evaluates matchConditions in CEL, with subResource absent when empty;
+    # the expression uses only standard CEL, so a standard evaluator gives the same answers.
+    def obj(metadata: Obj | None) -> Obj | None:
+        return None if metadata is None else {"metadata": {"name": "web", **metadata}}
+
+    request: Obj = {
+        "operation": operation,
+        "resource": {"group": "", "version": "v1", "resource": resource},
+    }
+    if sub:
+        request["subResource"] = sub
+    activation = {
+        "request": json_to_cel(request),
+        "object": json_to_cel(obj(new)),
+        "oldObject": json_to_cel(obj(old)),
+    }
+    config = only(rendered["base"], "ValidatingWebhookConfiguration", "podlock")
+    for hook in config["webhooks"]:
+        if not is_exec_guard(hook):
+            (condition,) = hook["matchConditions"]
+            assert bool(cel(condition["expression"], activation)) is sent, hook["name"]
 
 
 def test_cert_manager_injects_the_ca_of_the_serving_certificate(

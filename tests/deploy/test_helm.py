@@ -28,11 +28,39 @@ from deploy_render import (
 )
 from deploy_render import template as helm_template
 
+from detector.config import load_detector_settings
 from webhook.cli import build_parser
 from webhook.cli import main as podlock_main
 from webhook.config import load_settings
 
 Obj = dict[str, Any]
+
+# The detector configured from values: alerts to falcosidekick over mutual TLS with a client
+# certificate from a Secret, and a site rules file that overrides a default macro.
+DETECTOR_VALUES: Obj = {
+    "config": {
+        "http_output": {
+            "enabled": True,
+            "url": "https://falcosidekick.falco:2801/",
+            "ca_cert": "/etc/podlock/tls/ca.crt",
+            "mtls": True,
+            "client_cert": "/etc/podlock/tls/tls.crt",
+            "client_key": "/etc/podlock/tls/tls.key",
+        },
+        "rate_limit": {"enabled": False},
+    },
+    "rules": {
+        "site.yaml": "- macro: user_known_exec_session_activities\n"
+        "  condition: (k8s.ns.name = batch and proc.name = pg_dump)\n"
+        "  override: {condition: replace}\n"
+        "- rule: Site binary written\n"
+        "  condition: evt.type = open and fd.name startswith /opt/site\n"
+        "  output: site binary written (file=%fd.name)\n"
+        "  priority: warning\n"
+    },
+    "extraVolumes": [{"name": "tls", "secret": {"secretName": "sidekick-client"}}],
+    "extraVolumeMounts": [{"name": "tls", "mountPath": "/etc/podlock/tls", "readOnly": True}],
+}
 
 
 def objects(text: str) -> list[Obj]:
@@ -103,8 +131,9 @@ def test_the_chart_version_is_podlocks() -> None:
         {"certificates": {"source": "cert-manager"}},
         {"certificates": {"source": "generated", "generated": {"external": True}}},
         {"detector": {"enabled": False}, "namespace": {"create": True}},
+        {"detector": DETECTOR_VALUES},
     ],
-    ids=["self-managed", "cert-manager", "generated", "no-detector"],
+    ids=["self-managed", "cert-manager", "generated", "no-detector", "detector-config"],
 )
 def test_helm_lint(values: Obj, tmp_path: Path) -> None:
     (tmp_path / "values.json").write_text(json.dumps(values))
@@ -125,6 +154,11 @@ BAD_VALUES: list[tuple[Obj, str]] = [
     # the chart's own checks
     ({"certificates": {"source": "generated"}}, "certificates.source=generated: give"),
     ({"modeAdminGroups": ["it's"]}, "cannot go into the CEL list"),
+    (
+        {"detector": {"rules": {"a.yaml": 3}}},
+        "at '/detector/rules/a.yaml': got number, want string",
+    ),
+    ({"detector": {"rules": {"../x.yaml": "[]"}}}, 'detector.rules: "../x.yaml" is not a rules'),
 ]
 
 
@@ -263,6 +297,53 @@ def test_values_reach_the_objects(tmp_path: Path) -> None:
         deployment["spec"]["template"]["metadata"]["annotations"]["checksum/policy"]
         != default["spec"]["template"]["metadata"]["annotations"]["checksum/policy"]
     )
+
+
+def test_detector_config_and_rules_from_values(tmp_path: Path) -> None:
+    """What `podlock detect` reads in the DaemonSet pod is what the values say, and it loads."""
+    objs = objects(helm_template({"detector": DETECTOR_VALUES}))
+    daemonset = only(objs, "DaemonSet", "podlock-detector")
+    pod = daemonset["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert container["command"] == [
+        "podlock", "detect", "--json", "--config", "/etc/podlock/config/detect.yaml",
+        "--metrics-bind", "0.0.0.0:8766",
+    ]  # fmt: skip
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert (mounts["config"], mounts["tls"]) == ("/etc/podlock/config", "/etc/podlock/tls")
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["tls"]["secret"] == {"secretName": "sidekick-client"}
+    items = {i["key"]: i["path"] for i in volumes["config"]["configMap"]["items"]}
+    assert items == {"detect.yaml": "detect.yaml", "rules.site.yaml": "rules.d/site.yaml"}
+    # The ConfigMap laid out as the kubelet mounts it, then read by the detector's own loader.
+    data = only(objs, "ConfigMap", "podlock-detector")["data"]
+    for key, path in items.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(data[key], "utf-8")
+    config = yaml.safe_load(data["detect.yaml"])
+    assert config["rules_file"] == ["builtin", "/etc/podlock/config/rules.d"]
+    settings = load_detector_settings(
+        str(tmp_path / "detect.yaml"), ["builtin", str(tmp_path / "rules.d")], environ={}
+    )
+    assert settings.http_output.mtls and settings.http_output.ca_cert == "/etc/podlock/tls/ca.crt"
+    assert not settings.rate_limit.enabled
+    assert [r.name for r in settings.rules.rules][-1] == "Site binary written"
+    # A changed rules file rolls the pods; without config or rules nothing is mounted.
+    changed = {**DETECTOR_VALUES, "rules": {"site.yaml": "[]\n"}}
+    other = only(objects(helm_template({"detector": changed})), "DaemonSet", "podlock-detector")
+    annotation = "checksum/config"
+    assert (
+        other["spec"]["template"]["metadata"]["annotations"][annotation]
+        != pod["metadata"]["annotations"][annotation]
+    )
+    plain = objects(helm_template({}))
+    assert not [
+        o for o in plain if o["kind"] == "ConfigMap" and "detector" in o["metadata"]["name"]
+    ]
+    (plain_container,) = only(plain, "DaemonSet", "podlock-detector")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert "--config" not in plain_container["command"]
 
 
 def test_generated_certificates_from_values(certificate_files: dict[str, str]) -> None:

@@ -22,8 +22,9 @@ from typing import ClassVar
 
 import orjson
 import pytest
+from alert_samples import numbered_alert as alert
 
-from detector.alerts import Alert, Priority
+from detector.alerts import Alert
 from detector.config import (
     FileOutput,
     HttpOutput,
@@ -40,18 +41,6 @@ from detector.outputs.file import FileWriter
 from detector.outputs.http import HttpWriter
 from detector.outputs.program import ProgramWriter
 from detector.outputs.stdout import StdoutWriter
-
-
-def alert(n: int) -> Alert:
-    return Alert(
-        time_ns=1_790_000_000_000_000_000 + n,
-        rule="Write to container root filesystem in exec session",
-        priority=Priority.ERROR,
-        output=f"write n={n}",
-        output_fields={"fd.name": f"/etc/{n}", "podlock.drops": 0},
-        tags=("maturity_stable",),
-        hostname="node-1",
-    )
 
 
 def one(writer: Writer, fmt: Formatter = json_line, limits: Limits | None = None) -> Outputs:
@@ -232,6 +221,10 @@ def receiver() -> Iterator[tuple[str, type[_Receiver]]]:
     stop(server)
 
 
+def http_writer(url: str, timeout_s: float) -> HttpWriter:
+    return HttpWriter(HttpOutput(enabled=True, url=url, timeout_s=timeout_s))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -244,7 +237,7 @@ def fields(handler: type[_Receiver]) -> list[dict[str, object]]:
 
 def test_http_posts_falco_json_in_order(receiver: tuple[str, type[_Receiver]]) -> None:
     url, handler = receiver
-    out = one(HttpWriter(url, 2.0))
+    out = one(http_writer(url, 2.0))
     out.emit_many([alert(n) for n in range(20)])
     out.close()
     assert [f["fd.name"] for f in fields(handler)] == [f"/etc/{n}" for n in range(20)]
@@ -257,7 +250,7 @@ def test_http_5xx_is_retried_and_every_alert_arrives_once_in_order(
 ) -> None:
     url, handler = receiver
     handler.statuses[:] = [500, 503, 502, 429]
-    out = one(HttpWriter(url, 2.0))
+    out = one(http_writer(url, 2.0))
     out.emit_many([alert(n) for n in range(5)])
     wait_for(lambda: len(handler.bodies) == 5)
     out.close()
@@ -271,7 +264,7 @@ def test_http_4xx_drops_that_alert_and_the_next_one_says_so(
 ) -> None:
     url, handler = receiver
     handler.statuses[:] = [200, 400]
-    out = one(HttpWriter(url, 2.0))
+    out = one(http_writer(url, 2.0))
     out.emit_many([alert(n) for n in range(4)])
     out.close()
     got = fields(handler)
@@ -282,7 +275,7 @@ def test_http_4xx_drops_that_alert_and_the_next_one_says_so(
 
 def test_http_receiver_down_then_back_gets_the_queue_in_order() -> None:
     port = free_port()
-    out = one(HttpWriter(f"http://127.0.0.1:{port}/", 1.0), limits=Limits(max_backoff_s=0.5))
+    out = one(http_writer(f"http://127.0.0.1:{port}/", 1.0), limits=Limits(max_backoff_s=0.5))
     out.emit_many([alert(n) for n in range(30)])
     wait_for(lambda: out.stats()["out"].retries >= 2)  # refused connections, retried
     server, handler = serve(port)
@@ -303,7 +296,7 @@ def test_http_hung_receiver_overflow_is_counted_and_marked() -> None:
     hung.listen(16)
     port = hung.getsockname()[1]
     try:
-        out = one(HttpWriter(f"http://127.0.0.1:{port}/", 30.0), limits=Limits(capacity=10))
+        out = one(http_writer(f"http://127.0.0.1:{port}/", 30.0), limits=Limits(capacity=10))
         started = time.monotonic()
         out.emit_many([alert(n) for n in range(25)])  # 1 in flight, 10 queued, 14 dropped
         out.emit(alert(25))
@@ -354,7 +347,7 @@ def test_failures_are_logged_at_a_bounded_rate_and_the_recovery_too(
 ) -> None:
     monkeypatch.setattr(delivery_module, "LOG_EVERY_S", 0.3)
     port = free_port()
-    out = one(HttpWriter(f"http://127.0.0.1:{port}/", 1.0), limits=Limits(max_backoff_s=0.1))
+    out = one(http_writer(f"http://127.0.0.1:{port}/", 1.0), limits=Limits(max_backoff_s=0.1))
     out.emit(alert(0))
 
     def failures() -> list[str]:

@@ -221,6 +221,93 @@ def test_an_opt_out_added_by_the_update_does_not_count(settings: Settings) -> No
     assert response(raw, "validate", "enforce", lenient)["allowed"] is True
 
 
+def legacy_pod(**metadata: Any) -> dict[str, Any]:
+    """A pod admitted before podlock was installed: it breaks several rules."""
+    pod = hardened_pod(**metadata)
+    pod["spec"]["containers"][0]["securityContext"] = {"privileged": True, "runAsUser": 0}
+    return pod
+
+
+# (old metadata, new metadata, namespace allows the opt-out, late-exemption on, refused)
+PLAIN_UPDATES = {
+    "label added": ({}, {"labels": OPT_OUT}, True, True, True),
+    "annotation added": ({}, {"annotations": OPT_OUT}, True, True, True),
+    "added beside other labels": (
+        {"labels": {"app": "web"}},
+        {"labels": {"app": "web", **OPT_OUT}},
+        True,
+        True,
+        True,
+    ),
+    "label already there": (
+        {"labels": OPT_OUT},
+        {"labels": {**OPT_OUT, "v": "2"}},
+        True,
+        True,
+        False,
+    ),
+    "annotation there, label added": (
+        {"annotations": OPT_OUT},
+        {"annotations": OPT_OUT, "labels": OPT_OUT},
+        True,
+        True,
+        False,
+    ),
+    "opt-out removed": ({"labels": OPT_OUT}, {"labels": {"app": "web"}}, True, True, False),
+    "late-exemption off": ({}, {"labels": OPT_OUT}, True, False, False),
+    "namespace without opt-out": ({}, {"labels": OPT_OUT}, False, True, False),
+    "not true": ({}, {"labels": {"podlock.io/exempt": "yes"}}, True, True, False),
+    "unrelated label": ({"labels": {"app": "web"}}, {"labels": {"app": "shop"}}, True, True, False),
+    "finalizer removed": ({"finalizers": ["x/y"]}, {}, True, True, False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PLAIN_UPDATES))
+def test_a_plain_pod_update_may_not_add_the_opt_out(settings: Settings, case: str) -> None:
+    """`kubectl label pod web podlock.io/exempt=true`, then `kubectl debug`: the label is
+    refused where it would count. Every other plain update passes, even on a pod podlock would
+    refuse now (one admitted before podlock): a running pod's spec is not judged again."""
+    old_metadata, new_metadata, opt_out, late, refused = PLAIN_UPDATES[case]
+    policy = replace(settings, pod_opt_out_namespaces=frozenset({"shop"} if opt_out else ()))
+    if not late:
+        policy = replace(policy, enabled_rules=policy.enabled_rules - {"late-exemption"})
+    raw = review("Pod", legacy_pod(**new_metadata), "UPDATE", old=legacy_pod(**old_metadata))
+    answer = response(raw, "validate", "enforce", policy)
+    if not refused:
+        assert answer == {"uid": "strict-1", "allowed": True}
+        return
+    where = "label" if "labels" in new_metadata else "annotation"
+    assert answer["allowed"] is False
+    assert answer["status"]["message"] == (
+        f"podlock denied Pod shop/web: pod: late-exemption: the {where} podlock.io/exempt can "
+        "only be set when the pod is created"
+    )
+    # Nothing to harden on an UPDATE: the mutating webhook is not even registered for it.
+    assert response(raw, "mutate", "enforce", policy) == {"uid": "strict-1", "allowed": True}
+
+
+def test_a_plain_pod_update_adding_the_opt_out_warns_or_audits(settings: Settings) -> None:
+    opting = replace(settings, pod_opt_out_namespaces=frozenset({"shop"}))
+    raw = review("Pod", hardened_pod(labels=OPT_OUT), "UPDATE", old=hardened_pod())
+    line = (
+        "pod: late-exemption: the label podlock.io/exempt can only be set when the pod is created"
+    )
+    warned = response(raw, "validate", "warn", opting)
+    assert warned == {"uid": "strict-1", "allowed": True, "warnings": [f"podlock: {line}"]}
+    audited = response(raw, "validate", "audit", opting)
+    assert audited == {
+        "uid": "strict-1",
+        "allowed": True,
+        "auditAnnotations": {"violations": line},
+    }
+    outcome = judge(raw, "validate", "enforce", opting)
+    assert (outcome.allowed, outcome.operation, outcome.rules) == (
+        False,
+        "UPDATE",
+        ("late-exemption",),
+    )
+
+
 @pytest.mark.parametrize("kind", [k for k in KINDS if k != "Pod"])
 def test_a_workload_cannot_exempt_itself_on_update(settings: Settings, kind: str) -> None:
     opting = replace(settings, pod_opt_out_namespaces=frozenset({"shop"}))

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from webhook.metrics import LATENCY_BUCKETS, Layout, Metrics
-from webhook.policy import EXEC_INTO_POD, RULES
+from webhook.policy import EXEC_INTO_POD, LATE_EXEMPTION, RULES
 from webhook.serve import WorkerSlots
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -37,7 +37,7 @@ def test_every_series_has_its_own_cell_and_every_rule_a_series() -> None:
         cells += range(first, first + layout.histogram_width)
     assert sorted(cells) == list(range(layout.width))
     rules = {key[4] for key in layout.requests}
-    assert rules == {"none", *RULES, EXEC_INTO_POD}
+    assert rules == {"none", *RULES, EXEC_INTO_POD, LATE_EXEMPTION}
 
 
 def test_histogram_buckets_are_cumulative_and_inclusive() -> None:
