@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -45,7 +46,7 @@ class Detector:
         return [json.loads(line) for line in lines if line.startswith("{")]
 
     def wait_for(
-        self, what: str, match: Callable[[Alert], bool], count: int = 1, timeout: float = 30
+        self, what: str, match: Callable[[Alert], bool], count: int = 1, timeout: float = 60
     ) -> list[Alert]:
         """The alerts `match` accepts, once there are `count` of them."""
         found: list[Alert] = []
@@ -61,6 +62,17 @@ class Detector:
             rules = sorted({a["rule"] for a in self.alerts()})
             raise AssertionError(f"{what}: not seen; alerts so far: {rules}") from None
         return found
+
+    def mark(self, cluster: Cluster, namespace: str, pod: str) -> Alert:
+        """A write by an exec session in `pod` (to a path of its own in /tmp), and its alert.
+        Alerts come out in the order of their events: the alerts of everything that happened
+        before are out by then."""
+        path = f"/tmp/.podlock-mark-{secrets.token_hex(6)}"
+        cluster.kubectl("exec", pod, "-n", namespace, "--", "sh", "-c", f": > {path}")
+        (alert,) = self.wait_for(
+            f"the alert of the write to {path}", lambda a: a["output_fields"].get("fd.name") == path
+        )
+        return alert
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -83,7 +95,14 @@ def watching(
     try:
         cluster.wait_pod_running(pod, namespace)
         detector = Detector(workdir, cluster, *extra)
-        time.sleep(1)  # its pod watch has listed the pod before anyone execs
+        # its pod watch has listed the pod before anyone execs (a loaded machine may take
+        # more than a second): an exec session's write then comes out with the pod's name
+        for _ in range(10):  # fewer than the rate limit's burst of alerts of one rule
+            if detector.mark(cluster, namespace, pod)["output_fields"].get("k8s.pod.name") == pod:
+                break
+            time.sleep(1)
+        else:
+            raise AssertionError(f"podlock detect never learned the pod {namespace}/{pod}")
         yield detector
     finally:
         if detector is not None:

@@ -187,12 +187,21 @@ def test_podlock_system_is_exempt_so_the_install_never_deadlocks(installed: Clus
     assert detector["status"]["phase"] == "Running"
 
 
+def _more_creates(load: Load) -> None:
+    """Until five more creates went through (the new state serves them), and more than twenty
+    in all: a loaded machine creates fewer a second."""
+    after = load.created + 5
+    wait_until(
+        "creates to go on", lambda: load.created > max(after, 20) or bool(load.failures), 120
+    )
+
+
 def test_a_forced_renewal_under_load_fails_no_create(installed: Cluster) -> None:
     before = _secret(installed)["tls.crt"]
     load = Load(installed, namespace=GOVERNED)
     load.start()
     try:
-        time.sleep(2)
+        wait_until("the first creates", lambda: load.created >= 3 or bool(load.failures), 120)
         asked = _podlock("certs", "rotate", "--kubeconfig", str(installed.kubeconfig))
         assert asked.returncode == 0, asked.stderr
         wait_until(
@@ -201,6 +210,7 @@ def test_a_forced_renewal_under_load_fails_no_create(installed: Cluster) -> None
             timeout=60,
         )
         time.sleep(3 * CHECK_INTERVAL)  # both replicas have picked it up and serve it
+        _more_creates(load)
     finally:
         load.stop()
     assert load.failures == [], load.failures[:5]
@@ -214,13 +224,13 @@ def test_an_upgrade_to_a_new_image_under_load_fails_no_create(installed: Cluster
     load = Load(installed, namespace=GOVERNED)
     load.start()
     try:
-        time.sleep(2)
+        wait_until("the first creates", lambda: load.created >= 3 or bool(load.failures), 120)
         upgrade = [
             "upgrade", "podlock", str(CHART), "--namespace", NAMESPACE, "--reuse-values",
             "--set", f"image.tag={new_tag}", "--wait", "--timeout", "5m",
         ]  # fmt: skip
         _helm(installed, *upgrade)
-        time.sleep(2)
+        _more_creates(load)
     finally:
         load.stop()
     assert load.failures == [], load.failures[:5]

@@ -277,7 +277,7 @@ def test_the_engine_puts_the_session_on_exec_alerts_only() -> None:
 # --- the sources, for real ----------------------------------------------------------------------
 
 
-def _wait(check: Any, what: str, timeout: float = 5.0) -> None:
+def _wait(check: Any, what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
@@ -317,7 +317,7 @@ def test_the_log_follower_reads_appends_rotation_and_truncation(tmp_path: Path) 
 
 
 def _post(port: int, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, str]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         conn.request("POST", "/", body=body, headers=headers or {})
         response = conn.getresponse()

@@ -9,7 +9,7 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -94,11 +94,21 @@ def _write(directory: Path, **files: bytes) -> dict[str, Path]:
 
 
 def send(settings: HttpOutput, count: int = 3) -> Outputs:
-    """`count` alerts through an http output with these settings; closed after 3 s at most."""
+    """`count` alerts through an http output with these settings; closed once all are
+    delivered or two attempts failed (then after 3 s more at most)."""
     out = Outputs([Output("http", HttpWriter(settings), json_line, Limits(max_backoff_s=0.2))])
     out.emit_many([alert(n) for n in range(count)])
+    stats = out.stats()["http"]
+    wait_for(lambda: stats.delivered == count or stats.retries >= 2)
     out.close(drain_s=3.0)
     return out
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
 
 
 def test_alerts_reach_a_receiver_whose_certificate_the_ca_cert_vouches_for(
@@ -192,16 +202,11 @@ def test_a_renewed_client_certificate_is_read_for_the_next_connection(
     out = Outputs([Output("http", HttpWriter(settings), json_line, Limits(max_backoff_s=0.2))])
     try:
         out.emit(alert(1))
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline:  # refused handshakes, retried with backoff
-            assert receiver.handler.bodies == []
-            time.sleep(0.05)
+        wait_for(lambda: out.stats()["http"].retries >= 2)  # refused handshakes, retried
+        assert receiver.handler.bodies == []
         cert.write_bytes(receiver.client[0].read_bytes())
         key.write_bytes(receiver.client[1].read_bytes())
-        deadline = time.monotonic() + 15
-        while not receiver.handler.bodies:
-            assert time.monotonic() < deadline, "the renewed certificate was never used"
-            time.sleep(0.05)
+        wait_for(lambda: bool(receiver.handler.bodies))  # the renewed certificate is used
     finally:
         out.close(drain_s=3.0)
     assert out.stats()["http"].delivered == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,15 @@ def alert(n: int, rule: str = "Drift", priority: Priority = Priority.ERROR) -> A
     return Alert(1_790_000_000_000_000_000 + n, rule, priority, f"n={n}", fields, (), "node")
 
 
+def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:
         text = resp.read().decode()
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -56,13 +64,18 @@ def test_a_scrape_reads_every_count_live(tmp_path: Path) -> None:
         ),
     )
     try:
-        for start in (0, 200, 400):  # the program's pipe fills, its sender blocks in a write,
-            outputs.emit_many([alert(n) for n in range(start, start + 200)])  # its queue fills
-            time.sleep(0.3)
+        # The program never reads: its sender takes the first batch (what its queue held)
+        # into the pipe, then blocks for good writing the second; the third fills its queue.
+        program = outputs.stats()["program"]
+        for start in (0, 200, 400):
+            outputs.emit_many([alert(n) for n in range(start, start + 200)])
+            if start < 400:
+                wait_for(lambda: program.queued == 0)  # taken by its sender
         outputs.emit(alert(600, "Shell", Priority.NOTICE))
         got = scrape(server.port)
         counts.by_type["unlink"] += 1
         tables["procs"] = 41
+        wait_for(lambda: outputs.stats()["file"].delivered == 601)
         again = scrape(server.port)
     finally:
         server.close()

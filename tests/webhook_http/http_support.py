@@ -128,7 +128,7 @@ def start_server(
             cwd=ROOT,
             preexec_fn=_die_with_parent,
         )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90  # a loaded machine boots the workers slowly
     port = 0
     while time.monotonic() < deadline:
         text = log.read_text(errors="replace")
@@ -141,6 +141,7 @@ def start_server(
         time.sleep(0.05)
     else:
         proc.kill()
+        proc.wait()  # reaped here: a live Popen would warn in whichever test runs next
         raise AssertionError(f"podlock serve did not start:\n{log.read_text()}")
     server = Server(proc=proc, port=port, log=log, cafile=cafile)
     while time.monotonic() < deadline:
@@ -150,6 +151,7 @@ def start_server(
         except OSError:
             time.sleep(0.05)
     proc.kill()
+    proc.wait()
     raise AssertionError(f"podlock serve never answered /healthz:\n{server.log_text()}")
 
 

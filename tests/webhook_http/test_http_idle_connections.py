@@ -33,7 +33,7 @@ def test_requests_are_answered_while_many_connections_sit_idle_after_their_hands
         time.sleep(0.5)  # the server has seen every one of them
         for _ in range(10):  # fresh connections land on either worker
             conn = server.connection()
-            conn.timeout = 3
+            conn.timeout = 30  # a worker stuck on an idle connection never answers
             status, body, _ = server.request("POST", "/mutate", example_raw, conn=conn)
             conn.close()
             assert status == 200, body

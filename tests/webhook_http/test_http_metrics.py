@@ -92,7 +92,7 @@ def _expected(calls: list[tuple[str, bytes]], settings: Settings) -> Counter[Key
 
 def _wait_for_workers(server: Server, gone: list[int]) -> None:
     """Until the server runs 2 workers again, none of them one of `gone`."""
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         pids = server.worker_pids()
         if len(pids) == 2 and not set(gone) & set(pids):

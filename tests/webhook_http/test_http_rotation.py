@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from http_support import Launcher, make_bundle
+from http_support import Launcher, Server, make_bundle
 
 from certs.cli import write_bundle
 from certs.pki import Bundle, generate_bundle
@@ -223,7 +223,7 @@ class Load:
         with self.lock:
             return {fp for start, _, fp in self.handshakes if start >= t}
 
-    def wait_for(self, fp: str, since: float, timeout: float = 15) -> float:
+    def wait_for(self, fp: str, since: float, timeout: float = 60) -> float:
         """Wait until 10 consecutive new handshakes that began after `since` served `fp`."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -233,6 +233,18 @@ class Load:
                 return recent[0][0]
             time.sleep(0.05)
         raise AssertionError(f"new handshakes never served {fp[:12]}")
+
+
+def _wait_for_each_worker(server: Server, problem: str, timeout: float = 60) -> None:
+    """Until every worker has logged that its reload failed with `problem`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [x for x in server.log_text().splitlines() if "TLS reload failed" in x]
+        pids = server.worker_pids()
+        if all(any(f"[{pid}]" in x and problem in x for x in lines) for pid in pids):
+            return
+        assert time.monotonic() < deadline, f"not every worker saw {problem!r}: {lines}"
+        time.sleep(0.05)
 
 
 def test_rotation_under_load(
@@ -259,18 +271,21 @@ def test_rotation_under_load(
         secret.publish(bundles[1].tls_cert, bundles[1].tls_key)
         load.wait_for(fp[1], since=t1)
         # 2. A broken intermediate state (new certificate, old key), then a missing key:
-        #    both workers must keep serving the second pair.
+        #    both workers must keep serving the second pair (each has seen both states).
         t2 = time.monotonic()
         secret.publish(bundles[2].tls_cert, bundles[1].tls_key)
-        time.sleep(2.5)
+        _wait_for_each_worker(server, "key values mismatch")
         secret.publish(bundles[2].tls_cert, None)
-        time.sleep(2.5)
+        _wait_for_each_worker(server, "tls.key: cannot stat")
         t3 = time.monotonic()
         assert load.seen_since(t2) == {fp[1]}
         # 3. The fixed state is picked up.
         secret.publish(bundles[2].tls_cert, bundles[2].tls_key)
         load.wait_for(fp[2], since=t3)
-        time.sleep(0.5)
+        deadline = time.monotonic() + 60
+        while load.ok <= 200:  # keep going past the rotation (a loaded machine is slow)
+            assert time.monotonic() < deadline and not load.failures, load.failures
+            time.sleep(0.1)
     finally:
         load.stop.set()
         for t in threads:
@@ -301,12 +316,19 @@ def test_old_connections_keep_their_certificate(
     assert server.request("POST", "/mutate", example_raw, conn=conn)[0] == 200
     # `podlock certs generate` over the same directory is a rotation too (atomic renames).
     write_bundle(str(out), bundles[1])
-    time.sleep(1.2)
+    new = _fingerprint(bundles[1].tls_cert)
+    deadline = time.monotonic() + 60
+    while _served(server.port, ctx) != new:  # picked up within a check interval, or later
+        assert time.monotonic() < deadline, "the new pair was never served"  # under load
+        time.sleep(0.1)
     assert server.request("POST", "/mutate", example_raw, conn=conn)[0] == 200
+    conn.close()
+
+
+def _served(port: int, ctx: ssl.SSLContext) -> str:
+    """The sha256 of the certificate a new connection is served."""
     with (
-        socket.create_connection(("127.0.0.1", server.port)) as raw,
+        socket.create_connection(("127.0.0.1", port), timeout=30) as raw,
         ctx.wrap_socket(raw, server_hostname="localhost") as tls,
     ):
-        der = tls.getpeercert(binary_form=True) or b""
-    assert hashlib.sha256(der).hexdigest() == _fingerprint(bundles[1].tls_cert)
-    conn.close()
+        return hashlib.sha256(tls.getpeercert(binary_form=True) or b"").hexdigest()

@@ -191,7 +191,10 @@ def test_sigterm_drains_and_exits_cleanly(
 
     t = threading.Thread(target=hammer)
     t.start()
-    time.sleep(0.05)
+    deadline = time.monotonic() + 60
+    while not results:  # the hammering is under way (a loaded machine may take a while)
+        assert t.is_alive() and time.monotonic() < deadline, "no request answered"
+        time.sleep(0.01)
     s.proc.send_signal(signal.SIGTERM)
     t.join(30)
     assert s.proc.wait(30) == 0

@@ -139,6 +139,14 @@ def start_container(base: Path, image: Path, readonly: bool) -> Container:
             check=True,
             timeout=30,
         )
+    # `runc run -d` returns before the init execs its program: an exec right away would be
+    # the cgroup's first process and be taken for the container's own tree
+    state = subprocess.run(["runc", "state", cid], capture_output=True, check=True)
+    comm = Path(f"/proc/{json.loads(state.stdout)['pid']}/comm")
+    deadline = time.monotonic() + 60
+    while comm.read_text().strip() != "sh":
+        assert time.monotonic() < deadline, "the container's init did not start"
+        time.sleep(0.02)
     return Container(cid, pod_uid, bundle, volume, readonly, merged)
 
 
@@ -169,7 +177,7 @@ class Detector:
         return [json.loads(line) for line in lines if line.endswith("}")]
 
     def wait_for(
-        self, predicate: Callable[[list[Alert]], bool], timeout: float = 15
+        self, predicate: Callable[[list[Alert]], bool], timeout: float = 60
     ) -> list[Alert]:
         """Alerts once predicate(alerts) holds; fails the test after timeout seconds."""
         deadline = time.monotonic() + timeout
@@ -187,10 +195,14 @@ class Detector:
         """SIGTERM, as a DaemonSet's pod deletion sends; returns the exit status."""
         return stop_detector(self)
 
-    def settle(self, seconds: float = 1.5) -> list[Alert]:
-        """Alerts after a quiet period (for asserting that something did NOT happen)."""
-        time.sleep(seconds)
-        return self.alerts()
+    def settle(self, container: Container) -> list[Alert]:
+        """Every alert of what happened so far (for asserting that something did NOT
+        happen): a write in `container` now is evaluated after every event before it, and
+        its alert comes out after theirs."""
+        marker = f"/etc/settled-{secrets.token_hex(8)}"
+        result = container.exec(f": > {marker}")
+        assert result.returncode == 0, result.stderr
+        return self.wait_for(lambda a: any(x["output_fields"].get("fd.name") == marker for x in a))
 
 
 def podlock_cmd() -> list[str]:
@@ -212,13 +224,13 @@ def start_detector(workdir: Path, extra: list[str] | None = None) -> Detector:
             stderr=err,
             env=env,
         )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90
     while not pidfile.exists():
         if proc.poll() is not None:
             raise AssertionError(
                 "detector exited: " + (workdir / "stderr.txt").read_text(errors="replace")
             )
-        assert time.monotonic() < deadline, "detector did not attach within 30 s"
+        assert time.monotonic() < deadline, "detector did not attach within 90 s"
         time.sleep(0.05)
     return Detector(proc, stdout, log, pidfile)
 

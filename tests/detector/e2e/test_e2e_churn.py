@@ -69,12 +69,24 @@ class InProcessAgent:
     def call(self, fn: Callable[[Pipeline], T]) -> T:
         answer: queue.Queue[T] = queue.Queue()
         self._calls.put((fn, answer))
-        return answer.get(timeout=30)
+        return answer.get(timeout=60)
+
+    def drained(self) -> None:
+        """Returns once the agent has handled every record the kernel wrote before the call
+        (the ring buffer's consumer position has passed its producer position of then)."""
+        written = self.call(lambda p: _ring(p)._prod_pos[0])
+        deadline = time.monotonic() + 60
+        while self.call(lambda p: _ring(p)._cons[0]) < written:
+            assert time.monotonic() < deadline, "the agent did not catch up in 60 s"
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(10)
         self.loader.close()
+
+
+def _ring(p: Pipeline) -> Any:
+    return p.loader._ring
 
 
 @pytest.fixture
@@ -104,7 +116,7 @@ def test_churned_containers_and_processes_leave_nothing_behind(
             assert c.exec(script).returncode == 0
         finally:
             stop_container(c)
-    time.sleep(0.5)  # the last records: file events do not wake the agent
+    agent.drained()  # the last records
 
     def ours(p: Pipeline) -> dict[str, Any]:
         t, e = p.tracker, p.engine
@@ -134,8 +146,8 @@ def test_churned_containers_and_processes_leave_nothing_behind(
         agent.call(Pipeline.sweep)
     after = agent.call(ours)
     # a process may have died a moment ago, its exit record still on its way: stale
-    # is what stays dead and listed after the next records are in
-    time.sleep(0.5)
+    # is what stays dead and listed after the records written meanwhile are in
+    agent.drained()
     again = agent.call(ours)
     for key in ("dead pids", "dead sessions"):
         after[key] = sorted(set(after[key]) & set(again[key]))

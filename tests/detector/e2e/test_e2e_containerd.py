@@ -66,7 +66,7 @@ class Containerd:
                 stderr=log,
                 stdin=subprocess.DEVNULL,
             )
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while self.ctr("version", check=False).returncode != 0:
             assert self.proc.poll() is None, (base / "containerd.log").read_text()
             assert time.monotonic() < deadline, "containerd did not start"

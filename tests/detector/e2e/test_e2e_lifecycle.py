@@ -22,16 +22,26 @@ PODLOCK = [sys.executable, "-c", "import sys; from webhook.cli import main; sys.
 def test_exec_session_opened_before_start_is_labelled_exec(
     detector_factory: Callable[[str], Any], container: Any, alerts_of: Callable[..., Any]
 ) -> None:
-    # the session starts first; a detector started afterwards learns it from /proc
+    # the session starts first; a detector started afterwards learns it from /proc. The
+    # session writes once the detector is attached (a gate file), not after a fixed time.
+    started, gate = container.volume / "pre-started", container.volume / "pre-go"
+    script = (
+        "touch /vol/pre-started; while [ ! -f /vol/pre-go ]; do sleep 0.1; done; "
+        "echo pre > /etc/pre-existing"
+    )
     session = subprocess.Popen(
-        ["runc", "exec", container.id, "sh", "-c", "sleep 3; echo pre > /etc/pre-existing"],
+        ["runc", "exec", container.id, "sh", "-c", script],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        time.sleep(0.8)
+        deadline = time.monotonic() + 60
+        while not started.exists():
+            assert session.poll() is None and time.monotonic() < deadline, "no session"
+            time.sleep(0.05)
         late = detector_factory("late-detector")
+        gate.write_text("go")
         alerts = late.wait_for(
             lambda a: bool(alerts_of(a, ROOTFS_WRITE, container, fd__name="/etc/pre-existing"))
         )
@@ -39,6 +49,7 @@ def test_exec_session_opened_before_start_is_labelled_exec(
         assert alert["output_fields"]["podlock.session"] == "exec"
         assert not alerts_of(alerts, OWN_WRITE, container, fd__name="/etc/pre-existing")
     finally:
+        gate.write_text("go")  # the session ends even when the detector did not start
         session.wait(timeout=30)
 
 

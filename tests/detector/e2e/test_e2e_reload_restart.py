@@ -51,7 +51,7 @@ def _stderr(d: Any) -> list[str]:
     return lines
 
 
-def _wait_stderr(d: Any, count: int, needle: str, timeout: float = 20) -> list[str]:
+def _wait_stderr(d: Any, count: int, needle: str, timeout: float = 60) -> list[str]:
     deadline = time.monotonic() + timeout
     while True:
         found = [line for line in _stderr(d) if needle in line]
@@ -106,7 +106,7 @@ def test_sighup_reloads_rules_while_events_flow_and_a_bad_file_keeps_the_running
             if a["output_fields"]["fd.name"].startswith("/etc/flow-")
         ]
 
-    alerts = d.wait_for(lambda a: len(flow_alerts(a)) >= FLOW, timeout=30)
+    alerts = d.wait_for(lambda a: len(flow_alerts(a)) >= FLOW, timeout=60)
     assert sorted(flow_alerts(alerts)) == sorted(f"/etc/flow-{i}" for i in range(FLOW))
 
     # each failed reload is one line naming the file, the line and the problem
@@ -134,7 +134,7 @@ def test_sighup_reloads_rules_while_events_flow_and_a_bad_file_keeps_the_running
     _hup(d)
     _wait_stderr(d, 2, "reloaded")
     assert container.exec("echo m > /etc/marker-file").returncode == 0
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60
     while "marker-file" not in (log.read_text() if log.exists() else ""):
         assert time.monotonic() < deadline, "no alert in the file output after the reload"
         time.sleep(0.2)

@@ -97,7 +97,7 @@ def test_kubectl_cp_gives_one_alert_listing_the_files(
     result = container.exec_argv(["tar", "-xmf", "-", "-C", "/usr/share"], stdin=tar_of(files))
     assert result.returncode == 0, result.stderr
     detector.wait_for(lambda a: bool(alerts_of(a, KUBECTL_CP, container)))
-    alerts = detector.settle()  # everything, including what came after the copy alert
+    alerts = detector.settle(container)  # everything, including what came after the copy alert
     cps = alerts_of(alerts, KUBECTL_CP, container)
     assert len(cps) == 1
     output = cps[0]["output"]
