@@ -222,7 +222,7 @@ class Cluster:
         # containerd and the images do not need the control plane: prepare them meanwhile
         self._start_containerd()
         self._route_pods_to_apiserver()
-        self._wait_http("etcd", f"http://127.0.0.1:{etcd_port}/health", timeout=30)
+        self._wait_http("etcd", f"http://127.0.0.1:{etcd_port}/health", timeout=90)
         (self.workdir / "audit-policy.yaml").write_text(yaml.safe_dump(AUDIT_POLICY))
         pki = self.pki
         self._spawn(
@@ -457,7 +457,7 @@ state = "{base}/state"
             self._check_alive()
             return self.ctr("version", check=False).returncode == 0
 
-        wait_until("containerd", up, timeout=30)
+        wait_until("containerd", up, timeout=90)
         for image in cluster_images.ALL:
             self.import_image(image)
 

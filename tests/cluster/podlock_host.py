@@ -101,7 +101,7 @@ class Server:
             except OSError:
                 return False
 
-        wait_until(f"podlock serve on {self.url}", ready, timeout=30)
+        wait_until(f"podlock serve on {self.url}", ready, timeout=90)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -205,4 +205,4 @@ def wait_for_webhooks(cluster: Cluster, namespace: str) -> None:
         )
         return "podlock" in result.stderr
 
-    wait_until("podlock's webhooks to be called", answered, timeout=30, interval=0.5)
+    wait_until("podlock's webhooks to be called", answered, timeout=90, interval=0.5)

@@ -14,7 +14,6 @@ import json
 import ssl
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -492,7 +491,7 @@ def test_audit_namespace_admits_silently_and_the_audit_log_says_why(
                     return notes
             return {}
 
-        wait_until("the pod's audit event", lambda: bool(annotated()), timeout=10)
+        wait_until("the pod's audit event", lambda: bool(annotated()), timeout=60)
         notes = annotated()
         assert "privileged-container" in notes.get("audit.validate.podlock.io/violations", "")
         assert "readOnlyRootFilesystem" in notes.get("audit.mutate.podlock.io/mutations", "")
@@ -592,7 +591,7 @@ def test_exec_denied_when_the_exec_rule_is_deny(
             return result if result.returncode != 0 else None
 
         wait_until("the exec webhook to use the deny policy", lambda: refused() is not None,
-                   timeout=20, interval=0.5)  # fmt: skip
+                   timeout=60, interval=0.5)  # fmt: skip
         assert_refused_by_podlock(
             refused().stderr, "exec.validate.podlock.io", "exec-into-hardened-pod", "command true"
         )
@@ -610,7 +609,7 @@ def test_exec_allowed_and_audited_when_the_exec_rule_is_audit(
         )
         return result.returncode == 0 and result.stdout.strip() == "audited"
 
-    wait_until("kubectl exec to work under the audit policy", works, timeout=20, interval=0.5)
+    wait_until("kubectl exec to work under the audit policy", works, timeout=60, interval=0.5)
 
     def annotation() -> str:
         for event in cluster.audit_events():
@@ -621,7 +620,7 @@ def test_exec_allowed_and_audited_when_the_exec_rule_is_audit(
                     return str(note)
         return ""
 
-    wait_until("the exec's audit annotation", lambda: bool(annotation()), timeout=10)
+    wait_until("the exec's audit annotation", lambda: bool(annotation()), timeout=60)
     assert f"kubectl exec into pod {ENFORCE}/{target}" in annotation()
 
 
@@ -644,7 +643,7 @@ def test_podlock_down_fails_closed_and_recovers(cluster: Cluster, podlock: Admis
     def recovered() -> bool:
         return create(cluster, pod("after-restart")).returncode == 0
 
-    wait_until("pod creation to work again", recovered, timeout=30, interval=0.5)
+    wait_until("pod creation to work again", recovered, timeout=90, interval=0.5)
     hardened = cluster.get("pod", "after-restart", ENFORCE)["spec"]["containers"][0]
     assert hardened["securityContext"]["readOnlyRootFilesystem"] is True
     delete_pod(cluster, "after-restart")
@@ -669,24 +668,33 @@ def test_certificate_rotation_fails_no_admission(cluster: Cluster, podlock: Admi
             results.append((status, answer.get("message", "")))
         conn.close()
 
+    def answered_since(count: int, more: int) -> None:
+        wait_until(f"{more} more answers", lambda: len(results) >= count + more, timeout=60)
+
+    def serves_the_latest() -> bool:
+        served = ssl.get_server_certificate(("127.0.0.1", podlock.server.port))
+        latest = podlock.server.cert.read_bytes()
+        return bool(
+            x509.load_pem_x509_certificate(served.encode())
+            == x509.load_pem_x509_certificate(latest)
+        )
+
     threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
     for t in threads:
         t.start()
     try:
+        answered_since(0, 5)  # the load is flowing before the first rotation
         for _ in range(3):
-            time.sleep(1.5)
             podlock.server.write_serving_pair()
-        time.sleep(2.5)  # the last pair is picked up within a second; keep sending past it
+            wait_until("the new pair to be served", serves_the_latest, timeout=60)
+            answered_since(len(results), 5)  # requests went on across the switch
     finally:
         stop.set()
         for t in threads:
             t.join()
     failures = [r for r in results if r[0] != 201]
-    assert len(results) > 20, f"only {len(results)} requests were sent"
+    assert len(results) >= 20, f"only {len(results)} requests were sent"
     assert not failures, failures[:5]
-    served = ssl.get_server_certificate(("127.0.0.1", podlock.server.port))
-    latest = podlock.server.cert.read_bytes()
-    assert x509.load_pem_x509_certificate(served.encode()) == x509.load_pem_x509_certificate(latest)
 
 
 # --- 11. an exemption cannot be granted after admission (issue 11, item 7) --------------------
