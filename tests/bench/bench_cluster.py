@@ -358,15 +358,14 @@ def render(
         f"{CLIENTS * (cpu(on) - cpu(off)) / cores:.0f} ms, the null webhook "
         f"{CLIENTS * (cpu(null) - cpu(off)) / cores:.0f} ms).",
     ]
-    quiet_p50 = added(null, off, 1, 0.5)
-    if min(floor_p50, quiet_p50) > 3:
+    if floor_p50 > 3 or floor_p99 > 10:
         lines += [
             "",
-            f"The null webhook alone adds more than the 3 ms p50 target here, at {CLIENTS} "
-            f"clients ({floor_p50:.1f} ms) and even at 1 client with nothing to queue behind "
-            f"({quiet_p50:.1f} ms): on {cores} cores no webhook can meet the target on this "
-            "machine. podlock's own share is the difference between its rows and the null "
-            f"webhook's: {added(on, null, CLIENTS, 0.5):.2f} ms at p50 and "
+            f"The null webhook alone misses the target at {CLIENTS} clients ({floor_p50:.1f} ms "
+            f"at p50, {floor_p99:.1f} ms at p99 added): on {cores} cores no webhook can meet it "
+            "on this machine, since the API server's own work per call queues behind the other "
+            "clients' creates. podlock's own share is the difference between its rows and the "
+            f"null webhook's: {added(on, null, CLIENTS, 0.5):.2f} ms at p50 and "
             f"{added(on, null, CLIENTS, 0.99):.2f} ms at p99 at {CLIENTS} clients, "
             f"{added(on, null, 1, 0.5):.2f} ms at p50 at 1 client.",
         ]
