@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cluster_images
 import jsonpatch
 import pytest
 import yaml
+from cluster_pods import sleeping_pod
 from cryptography import x509
 from k8s_cluster import Cluster, call, wait_until
 from podlock_host import (
@@ -42,8 +44,7 @@ Completed = subprocess.CompletedProcess[str]
 
 ENFORCE, WARN, AUDIT = "pl-enforce", "pl-warn", "pl-audit"
 OPT_OUT = "pl-opt-out"  # an enforce namespace whose pods may carry podlock.io/exempt
-BUSYBOX = "localhost/podlock-busybox:1.0"
-NGINX = "localhost/nginx:1.27"
+BUSYBOX, NGINX = cluster_images.BUSYBOX.ref, cluster_images.NGINX.ref
 RULES = (
     "privileged-container",
     "root-user",
@@ -93,39 +94,9 @@ def podlock(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
         server.stop()
 
 
-def pod(
-    name: str,
-    namespace: str = ENFORCE,
-    *,
-    image: str = BUSYBOX,
-    container: str = "main",
-    security: dict[str, Any] | None = None,
-    pod_security: dict[str, Any] | None = None,
-    command: tuple[str, ...] = ("sleep", "3600"),
-) -> dict[str, Any]:
-    """A pod compliant with podlock's policy unless told otherwise: the image's numeric
-    non-root user, no added capabilities, no host access, no writable mounts of its own."""
-    spec: dict[str, Any] = {
-        "automountServiceAccountToken": False,
-        "terminationGracePeriodSeconds": 0,
-        "containers": [
-            {
-                "name": container,
-                "image": image,
-                "imagePullPolicy": "Never",
-                **({"command": list(command)} if command else {}),
-                **({"securityContext": security} if security is not None else {}),
-            }
-        ],
-    }
-    if pod_security is not None:
-        spec["securityContext"] = pod_security
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": spec,
-    }
+def pod(name: str, namespace: str = ENFORCE, **fields: Any) -> dict[str, Any]:
+    """A pod compliant with podlock's policy unless told otherwise (cluster_pods)."""
+    return sleeping_pod(name, namespace, **fields)
 
 
 def deployment(name: str, template_pod: dict[str, Any], namespace: str = ENFORCE) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cluster_pods import sleeping_pod
 from detect_host import Alert, Detector, watching
 from k8s_cluster import Cluster
 
@@ -23,23 +24,7 @@ CP_RULE = "kubectl cp into container"
 SAME_COMMAND = ("sh", "-c", "echo hello >> /tmp/who-was-it")
 
 MANIFESTS: list[dict[str, Any]] = [
-    {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": POD, "namespace": NAMESPACE},
-        "spec": {
-            "automountServiceAccountToken": False,
-            "terminationGracePeriodSeconds": 0,
-            "containers": [
-                {
-                    "name": "app",
-                    "image": "localhost/podlock-busybox:1.0",
-                    "imagePullPolicy": "Never",
-                    "command": ["sleep", "3600"],
-                }
-            ],
-        },
-    },
+    sleeping_pod(POD, NAMESPACE, container="app"),
     {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from certs_host import Load
+from cluster_pods import sleeping_pod
 from deploy_render import CHART, helm
 from k8s_cluster import Cluster, wait_until
 
@@ -130,22 +131,7 @@ def test_both_replicas_are_ready_and_both_configurations_trust_their_ca(
 def test_a_pod_is_hardened_and_a_privileged_one_refused_by_the_in_cluster_webhook(
     installed: Cluster,
 ) -> None:
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "web", "namespace": GOVERNED},
-        "spec": {
-            "automountServiceAccountToken": False,
-            "containers": [
-                {
-                    "name": "web",
-                    "image": "localhost/podlock-busybox:1.0",
-                    "imagePullPolicy": "Never",
-                    "command": ["sh", "-c", "exec sleep 3600"],
-                }
-            ],
-        },
-    }
+    pod = sleeping_pod("web", GOVERNED, container="web", command=("sh", "-c", "exec sleep 3600"))
     out = installed.apply(pod)
     assert "created" in out
     stored = installed.wait_pod_running("web", GOVERNED)
@@ -249,22 +235,7 @@ def test_an_upgrade_to_a_new_image_under_load_fails_no_create(installed: Cluster
 def test_the_detector_pod_reports_a_copy_with_the_pods_name(
     installed: Cluster, tmp_path: Path
 ) -> None:
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "target", "namespace": GOVERNED},
-        "spec": {
-            "automountServiceAccountToken": False,
-            "containers": [
-                {
-                    "name": "app",
-                    "image": "localhost/podlock-busybox:1.0",
-                    "imagePullPolicy": "Never",
-                    "command": ["sleep", "3600"],
-                }
-            ],
-        },
-    }
+    pod = sleeping_pod("target", GOVERNED, container="app")
     installed.apply(pod)
     installed.wait_pod_running("target", GOVERNED)
     payload = tmp_path / "payload"

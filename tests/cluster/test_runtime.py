@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cluster_pods import sleeping_pod
 from detect_host import Alert, Detector, watching
 from k8s_cluster import Cluster, wait_until
 
@@ -23,40 +24,26 @@ VOLUME_RULE = "Write to container volume in exec session"
 REFUSED_RULE = "Write attempt refused by read-only root filesystem"
 PROBE_FILE = "/var/cache/app/probe"
 
-MANIFEST = {
-    "apiVersion": "v1",
-    "kind": "Pod",
-    "metadata": {"name": POD, "namespace": NAMESPACE},
-    "spec": {
-        "automountServiceAccountToken": False,
-        "terminationGracePeriodSeconds": 0,
-        "containers": [
-            {
-                "name": CONTAINER,
-                "image": "localhost/podlock-busybox:1.0",
-                "imagePullPolicy": "Never",
-                "command": ["sleep", "3600"],
-                "securityContext": {
-                    "readOnlyRootFilesystem": True,
-                    "allowPrivilegeEscalation": False,
-                    "runAsNonRoot": True,
-                    "capabilities": {"drop": ["ALL"]},
-                },
-                # an exec session that writes to a volume: silent only because it is the probe
-                "livenessProbe": {
-                    "exec": {"command": ["sh", "-c", f"date > {PROBE_FILE}"]},
-                    "periodSeconds": 1,
-                    "timeoutSeconds": 10,  # a loaded machine: a failed probe restarts the pod
-                },
-                "volumeMounts": [
-                    {"name": "tmp", "mountPath": "/tmp"},
-                    {"name": "cache", "mountPath": "/var/cache/app"},
-                ],
-            }
-        ],
-        "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "cache", "emptyDir": {}}],
-    },
+HARDENED = {
+    "readOnlyRootFilesystem": True,
+    "allowPrivilegeEscalation": False,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
 }
+MANIFEST = sleeping_pod(POD, NAMESPACE, container=CONTAINER, security=HARDENED)
+MANIFEST["spec"]["containers"][0] |= {
+    # an exec session that writes to a volume: silent only because it is the probe
+    "livenessProbe": {
+        "exec": {"command": ["sh", "-c", f"date > {PROBE_FILE}"]},
+        "periodSeconds": 1,
+        "timeoutSeconds": 10,  # a loaded machine: a failed probe restarts the pod
+    },
+    "volumeMounts": [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "cache", "mountPath": "/var/cache/app"},
+    ],
+}
+MANIFEST["spec"]["volumes"] = [{"name": "tmp", "emptyDir": {}}, {"name": "cache", "emptyDir": {}}]
 
 
 def of(detector: Detector, rule: str) -> list[Alert]:
