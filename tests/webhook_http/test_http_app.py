@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_samples import samples as parse_samples
 
 from certs.cli import write_bundle
 from certs.pki import generate_bundle
@@ -232,18 +232,10 @@ def test_readiness_follows_the_served_certificate(
     assert resp.status_code == (200 if ready else 503)
     if not ready:
         assert "expired" in resp.get_data(as_text=True)
-    expiry = _samples(client.get("/metrics").get_data(as_text=True))
+    expiry = parse_samples(client.get("/metrics").get_data(as_text=True))
     value = expiry[("podlock_tls_certificate_expiry_seconds", ())]
     assert (value > 0) is ready
     assert abs(value - (days - issued_days_ago) * 86400) < 3600
-
-
-def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def test_metrics_count_every_answer(client: FlaskClient, settings: Settings) -> None:
@@ -257,7 +249,7 @@ def test_metrics_count_every_answer(client: FlaskClient, settings: Settings) -> 
     ]
     for path, body in calls:
         client.post(path, data=body)
-    samples = _samples(client.get("/metrics").get_data(as_text=True))
+    samples = parse_samples(client.get("/metrics").get_data(as_text=True))
 
     def requests(endpoint: str, mode: str, op: str, result: str, rule: str) -> float:
         labels = {"endpoint": endpoint, "mode": mode, "operation": op}

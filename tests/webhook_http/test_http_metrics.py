@@ -11,20 +11,11 @@ from collections import Counter
 from pathlib import Path
 
 from http_support import Launcher, Server
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_samples import Key
+from prometheus_samples import samples as parse_samples
 
 from webhook.config import Settings
 from webhook.review import RequestError, review
-
-Key = tuple[str, tuple[tuple[str, str], ...]]
-
-
-def _samples(text: str) -> dict[Key, float]:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def _bodies(example_raw: bytes) -> list[tuple[str, bytes]]:
@@ -125,7 +116,7 @@ def test_totals_across_workers_a_replaced_worker_and_a_reload(
     for _ in range(6):
         status, text, ctype = server.request("GET", "/metrics")
         assert status == 200 and ctype.startswith("text/plain; version=0.0.4")
-        got = _samples(text.decode())
+        got = parse_samples(text.decode())
         counts = {k: v for k, v in got.items() if k[0] == "podlock_admission_requests_total"}
         assert counts == want
         answered = sum(

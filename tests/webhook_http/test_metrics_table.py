@@ -7,21 +7,15 @@ import threading
 from types import SimpleNamespace
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_samples import Samples, samples
 
 from webhook.metrics import LATENCY_BUCKETS, Layout, Metrics
 from webhook.policy import EXEC_INTO_POD, LATE_EXEMPTION, RULES
 from webhook.serve import WorkerSlots
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
 
 def _samples(metrics: Metrics) -> Samples:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(metrics.render().decode())
-        for s in family.samples
-    }
+    return samples(metrics.render().decode())
 
 
 def _requests(samples: Samples, endpoint: str, op: str, result: str, rule: str) -> float:

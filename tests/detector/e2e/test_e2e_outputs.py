@@ -22,7 +22,6 @@ import subprocess
 import tarfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any, ClassVar
 import orjson
 import pytest
 from escapes import unescape
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_samples import Samples, scrape
 
 from detector.alerts import split_items
 from tests.detector.e2e.conftest import (
@@ -49,23 +48,11 @@ ROOTFS_WRITE = "Write to container root filesystem in exec session"
 KUBECTL_CP = "kubectl cp into container"
 LOST = "podlock internal: events lost"
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def scrape(port: int) -> Samples:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def metric(samples: Samples, name: str, **labels: str) -> float:
