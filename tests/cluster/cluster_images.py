@@ -11,9 +11,10 @@ archives for `ctr images import`: nothing is pulled from a registry.
 from __future__ import annotations
 
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+import oci_image
 
 APPLETS = (
     "sh", "cat", "echo", "sleep", "chmod", "cp", "mkdir", "touch", "ls", "rm", "mv", "ln",
@@ -65,28 +66,9 @@ def _rootfs(root: Path, image: Image) -> None:
 def oci_archive(image: Image, work: Path) -> Path:
     """An OCI image archive (tagged with the ref's tag) of a fresh busybox root filesystem."""
     tag = image.ref.rsplit(":", 1)[1]
-    layout, bundle = work / "layout", work / "bundle"
-    subprocess.run(["umoci", "init", "--layout", str(layout)], check=True)
-    subprocess.run(["umoci", "new", "--image", f"{layout}:{tag}"], check=True)
-    subprocess.run(
-        ["umoci", "unpack", "--image", f"{layout}:{tag}", str(bundle)],
-        check=True,
-        capture_output=True,
+    return oci_image.oci_archive(
+        work, tag, lambda root: _rootfs(root, image), image.entrypoint, image.user
     )
-    _rootfs(bundle / "rootfs", image)
-    subprocess.run(
-        ["umoci", "repack", "--image", f"{layout}:{tag}", str(bundle)],
-        check=True,
-        capture_output=True,
-    )
-    config = ["umoci", "config", "--image", f"{layout}:{tag}", "--clear=config.entrypoint"]
-    config += [f"--config.entrypoint={part}" for part in image.entrypoint]
-    if image.user:
-        config.append(f"--config.user={image.user}")
-    subprocess.run(config, check=True, capture_output=True)
-    archive = work / "image.tar"
-    subprocess.run(["tar", "-cf", str(archive), "-C", str(layout), "."], check=True)
-    return archive
 
 
 def repository(image: Image) -> str:

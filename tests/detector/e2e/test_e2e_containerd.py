@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import oci_image
 import pytest
 
 pytestmark = pytest.mark.root
@@ -34,24 +35,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
 
 def oci_archive(image_dir: Path, work: Path) -> Path:
-    """An OCI image archive of the busybox root filesystem, built with umoci."""
-    layout, bundle = work / "layout", work / "bundle"
-    subprocess.run(["umoci", "init", "--layout", str(layout)], check=True)
-    subprocess.run(["umoci", "new", "--image", f"{layout}:latest"], check=True)
-    subprocess.run(
-        ["umoci", "unpack", "--image", f"{layout}:latest", str(bundle)],
-        check=True,
-        capture_output=True,
-    )
-    shutil.copytree(image_dir, bundle / "rootfs", symlinks=True, dirs_exist_ok=True)
-    subprocess.run(
-        ["umoci", "repack", "--image", f"{layout}:latest", str(bundle)],
-        check=True,
-        capture_output=True,
-    )
-    archive = work / "image.tar"
-    subprocess.run(["tar", "-cf", str(archive), "-C", str(layout), "."], check=True)
-    return archive
+    """An OCI image archive of the busybox root filesystem."""
+
+    def fill(root: Path) -> None:
+        shutil.copytree(image_dir, root, symlinks=True, dirs_exist_ok=True)
+
+    return oci_image.oci_archive(work, "latest", fill)
 
 
 class Containerd:
