@@ -26,6 +26,11 @@ char LICENSE[] SEC("license") = "GPL";
  */
 extern void *bpf_rdonly_cast(const void *obj__ign, __u32 btf_id) __ksym;
 #define kernel_ptr(ptr, type) ((type *)bpf_rdonly_cast((ptr), bpf_core_type_id_kernel(type)))
+/* Kernel memory as untyped bytes (type id 0): loads of any size at any offset, fault-safe.
+ * Names and pointer slots are read this way rather than with bpf_probe_read_kernel(): in
+ * an event, every helper called is cold code, and a call costs about 100 ns. */
+#define kernel_bytes(ptr) ((const char *)bpf_rdonly_cast((ptr), 0))
+#define word_at(bytes, off) (*(const __u64 *)((bytes) + (off)))
 
 /* Set by user space before load: the host's mount namespace inode. A process
  * still in it is runc's own machinery (runc init before it joins the container)
@@ -140,7 +145,8 @@ struct match_ctx {
 };
 
 struct scratch {
-	char buf[2 * HALF];	       /* a path being built: backwards up to HALF, then on */
+	char buf[2 * HALF + 8];	       /* a path being built: backwards up to HALF, then on;
+					* the 8 bytes take a word written at the last offset */
 	char upath[UPATH_LEN + 256];   /* a path argument; the slack keeps masked reads inside */
 	char name[256 + 8];	       /* a dentry's or a cgroup's name */
 	__u16 comp[MAX_COMPS];	       /* the components of upath, `.` and `..` folded: offsets */
@@ -212,12 +218,11 @@ static __always_inline __u32 task_vpid(struct task_struct *task)
 {
 	struct pid *pid = task->group_leader->thread_pid;
 	unsigned int level = pid->level;
-	struct upid up = {};
 
-	bpf_probe_read_kernel(&up, sizeof(up),
-			      (void *)pid + bpf_core_field_offset(struct pid, numbers) +
-				      (level & 31) * sizeof(struct upid));
-	return up.nr;
+	return kernel_ptr((void *)pid + bpf_core_field_offset(struct pid, numbers) +
+				  (level & 31) * sizeof(struct upid),
+			  struct upid)
+		->nr;
 }
 
 static __always_inline __u32 task_tty(struct task_struct *task)
@@ -247,7 +252,9 @@ static __always_inline void fill_hdr(struct podlock_hdr *h, struct task_struct *
 	h->session_id = lbl->session_id;
 	h->session = lbl->session;
 	h->_pad[0] = h->_pad[1] = h->_pad[2] = 0;
-	bpf_get_current_comm(h->comm, sizeof(h->comm));
+	/* as bpf_get_current_comm() copies it (task is current), without the call */
+	*(__u64 *)&h->comm[0] = word_at(kernel_bytes(task->comm), 0);
+	*(__u64 *)&h->comm[8] = word_at(kernel_bytes(task->comm), 8);
 }
 
 /* The struct mount around a vfsmount (container_of). */
@@ -275,7 +282,7 @@ static long walk_step(__u32 i, void *data)
 	struct scratch *s = get_scratch();
 	struct dentry *dentry = c->dentry, *parent;
 	struct vfsmount *vfsmnt = c->vfsmnt;
-	const unsigned char *name;
+	const char *name;
 	int off = c->off;
 	__u32 len;
 
@@ -302,15 +309,19 @@ static long walk_step(__u32 i, void *data)
 		return 1;
 	}
 	len = dentry->d_name.len;
-	name = dentry->d_name.name;
+	name = kernel_bytes(dentry->d_name.name);
 	if (len > 255)
 		len = 255;
 	if (off - c->lo < (int)len + 1)
 		return 1; /* no room left: the path is cut here */
 	c->prev[1] = c->prev[0];
 	c->prev[0] = off;
+	/* the name in words that end where it ends: the first word may begin before the
+	 * name, and what it puts below it is overwritten by the '/' and the names after */
+	for (int k = 0; k < 32 && 8 * k < (int)len; k++)
+		*(__u64 *)&s->buf[(off - 8 - 8 * k) & (2 * HALF - 1)] =
+			word_at(name, (int)len - 8 - 8 * k);
 	off -= len;
-	bpf_probe_read_kernel(&s->buf[off & (HALF - 1)], len & 255, name);
 	off -= 1;
 	s->buf[off & (HALF - 1)] = '/';
 	c->off = off;
@@ -371,7 +382,7 @@ static __always_inline struct file *fd_file(struct task_struct *task, long fd)
 	if (fd < 0 || fd >= fdt->max_fds)
 		return NULL;
 	arr = fdt->fd;
-	bpf_probe_read_kernel(&f, sizeof(f), &arr[fd]);
+	f = (struct file *)word_at(kernel_bytes(arr), fd * sizeof(*arr));
 	return f ? kernel_ptr(f, struct file) : NULL;
 }
 
@@ -386,7 +397,9 @@ static __noinline void file_path(struct scratch *s, struct task_struct *task, st
 		off = HALF - 1;
 		s->buf[HALF - 1] = '/';
 	}
-	bpf_probe_read_kernel_str(out, PODLOCK_PATH_LEN, &s->buf[off & (2 * HALF - 1)]);
+	/* buf[off, HALF] and its NUL, in words (the bytes after the NUL are never read) */
+	for (int k = 0; k < PODLOCK_PATH_LEN / 8 && off + 8 * k <= HALF; k++)
+		*(__u64 *)&out[8 * k] = *(__u64 *)&s->buf[(off + 8 * k) & (2 * HALF - 1)];
 }
 
 struct slash_ctx {
@@ -1038,7 +1051,7 @@ static __noinline int file_event(struct pt_regs *regs, long nr, long ret, __u32 
 			goto submit;
 		f = fd_file(task, op == PODLOCK_OP_OPEN ? (long)ret : (long)a0);
 		if (!f || !is_regular(f)) {
-			bpf_ringbuf_discard(ev, 0);
+			bpf_ringbuf_discard(ev, BPF_RB_NO_WAKEUP);
 			return 0;
 		}
 		ev->fs = fs_of(task, f);
