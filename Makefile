@@ -14,7 +14,7 @@ CERTS := .certs
 # end-to-end tests; the benchmarks also need a load tool.
 APT_PACKAGES := python3-venv python3-dev gcc clang llvm libbpf-dev bpftool runc containerd \
 	busybox-static umoci containernetworking-plugins iptables iproute2 openssl
-BENCH_APT_PACKAGES := wrk
+BENCH_APT_PACKAGES := wrk e2fsprogs
 IMAGE_APT_PACKAGES := mmdebstrap
 
 BPF_DIR := detector/bpf
