@@ -50,7 +50,9 @@ const volatile __u32 host_mnt_ns = 0;
 #define SB_RDONLY 1
 #define MNT_RDONLY 0x40
 
-#define HALF 256 /* paths are built backwards in scratch.buf, ending here */
+/* Paths are built backwards in scratch.buf, ending here. They take at most 255 bytes below
+ * it, so the 8-byte words a name is written in never reach below the buffer's start. */
+#define HALF 512
 #define MAX_WALK 128 /* names walked up from a dentry: more than PODLOCK_PATH_LEN can hold */
 #define UPATH_LEN 4096 /* PATH_MAX: the longest path argument the kernel takes */
 #define MAX_COMPS 64 /* components of a path argument kept for the mount descent */
@@ -146,7 +148,7 @@ struct match_ctx {
 
 struct scratch {
 	char buf[2 * HALF + 8];	       /* a path being built: backwards up to HALF, then on;
-					* the 8 bytes take a word written at the last offset */
+					* + 8: a word at the last masked offset stays inside */
 	char upath[UPATH_LEN + 256];   /* a path argument; the slack keeps masked reads inside */
 	char name[256 + 8];	       /* a dentry's or a cgroup's name */
 	__u16 comp[MAX_COMPS];	       /* the components of upath, `.` and `..` folded: offsets */
@@ -274,6 +276,15 @@ struct walk_ctx {
 	int done;    /* reached the root */
 };
 
+/* The last n bytes of name[0, len) into s->buf, ending at `end`, in words: the first word
+ * may begin before them, and what it puts below is overwritten by what is written next. */
+static __always_inline void put_name_end(struct scratch *s, int end, const char *name, int len,
+					 int n)
+{
+	for (int k = 0; k < 32 && 8 * k < n; k++)
+		*(__u64 *)&s->buf[(end - 8 - 8 * k) & (2 * HALF - 1)] = word_at(name, len - 8 - 8 * k);
+}
+
 /* One step of the walk up to the task's root: a mount crossing or one name.
  * A bpf_loop() callback, so the verifier checks it once, not per iteration. */
 static long walk_step(__u32 i, void *data)
@@ -312,15 +323,18 @@ static long walk_step(__u32 i, void *data)
 	name = kernel_bytes(dentry->d_name.name);
 	if (len > 255)
 		len = 255;
-	if (off - c->lo < (int)len + 1)
-		return 1; /* no room left: the path is cut here */
+	if (off - c->lo < (int)len + 1) {
+		/* no room left: the path is cut here. A first name longer than all the room
+		 * (a file's own NAME_MAX name) keeps its end behind the cut mark. */
+		if (off == HALF && off - c->lo > CUT_MARK_LEN) {
+			put_name_end(s, off, name, len, off - c->lo - CUT_MARK_LEN);
+			c->off = c->prev[0] = c->prev[1] = c->lo + CUT_MARK_LEN;
+		}
+		return 1;
+	}
 	c->prev[1] = c->prev[0];
 	c->prev[0] = off;
-	/* the name in words that end where it ends: the first word may begin before the
-	 * name, and what it puts below it is overwritten by the '/' and the names after */
-	for (int k = 0; k < 32 && 8 * k < (int)len; k++)
-		*(__u64 *)&s->buf[(off - 8 - 8 * k) & (2 * HALF - 1)] =
-			word_at(name, (int)len - 8 - 8 * k);
+	put_name_end(s, off, name, len, len);
 	off -= len;
 	off -= 1;
 	s->buf[off & (HALF - 1)] = '/';
@@ -368,6 +382,10 @@ static __noinline int dir_path(struct scratch *s, struct task_struct *task, stru
 		start = c.prev[1];
 	if (start - c.lo < CUT_MARK_LEN)
 		start = HALF;
+	/* no whole name is left behind the mark (the file's own name fills the room):
+	 * keep the end of what was written instead */
+	if (start == HALF && c.off < HALF)
+		start = c.lo + CUT_MARK_LEN;
 	start -= CUT_MARK_LEN;
 	put_cut_mark(&s->buf[start & (HALF - 1)]);
 	return start;

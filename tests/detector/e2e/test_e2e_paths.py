@@ -171,6 +171,61 @@ def test_4096_byte_paths_keep_their_end_and_their_filesystem(
         assert ev["path"].startswith(CUT + "/") and len(ev["path"].encode()) < PATH_LEN
 
 
+def name_of(length: int) -> str:
+    """A file name of `length` bytes that starts with its length: a misplaced word shows."""
+    return (f"{length}." + "abcdefghijklmnopqrstuvwxyz0123456789" * 8)[:length]
+
+
+# Around the 8-byte words the kernel side copies names in, up to NAME_MAX. Under /tmp/n the
+# path of a name up to 248 bytes fits; 250 keeps its whole name behind the mark; 253 and
+# 255 fill the room on their own and keep their last 252 bytes.
+NAME_LENGTHS = (1, 2, 7, 8, 9, 15, 16, 17, 63, 64, 65, 200, 248, 250, 253, 255)
+
+
+def expected_path(length: int) -> str:
+    name = name_of(length)
+    if length <= 248:
+        return f"/tmp/n/{name}"
+    if length == 250:
+        return f"{CUT}/{name}"
+    return CUT + name[-252:]
+
+
+def test_opened_files_are_named_exactly_at_every_name_length(
+    detector: Any, own_container: Container
+) -> None:
+    """Names, the comm and the namespace pid come from direct loads in words: every
+    length comes out exact, and a cut keeps the end of the file's own name."""
+    # busybox runs the applet in argv[1] when its own name starts with "busybox": a
+    # process whose 15-character comm fills both words of the field
+    script = "; ".join(f'echo x > "/tmp/n/{name_of(n)}"' for n in NAME_LENGTHS)
+    result = own_container.exec(
+        "set -e; mkdir /tmp/n; cp /bin/busybox /tmp/busybox-15chars; "
+        f"/tmp/busybox-15chars sh -c 'echo $$ > /tmp/n/pid; {script}'"
+    )
+    assert result.returncode == 0, result.stderr
+    vpid = int((own_container.merged / "tmp/n/pid").read_text())
+    wanted = {expected_path(n) for n in NAME_LENGTHS}
+    opens: dict[str, dict[str, Any]] = {}
+
+    def all_seen(_alerts: object) -> bool:
+        events = file_events(detector, own_container, "")
+        opens.update((ev["path"], ev) for ev in events if ev["op"] == "open")
+        return wanted <= opens.keys()
+
+    try:
+        detector.wait_for(all_seen)
+    except AssertionError:
+        raise AssertionError(f"missing {wanted - opens.keys()}; seen {sorted(opens)}") from None
+    for path in wanted:
+        ev = opens[path]
+        assert ev["proc"]["comm"] == "busybox-15chars"
+        assert ev["proc"]["vpid"] == vpid != ev["proc"]["pid"]
+        assert ev["fs"] == "rootfs"
+    # nothing else came out for these files (a wrong byte would be a path of its own)
+    assert opens.keys() - wanted <= {"/tmp/n/pid", "/tmp/busybox-15chars"}
+
+
 def test_kubectl_cp_of_10k_files_is_one_aggregated_alert(
     detector: Any, own_container: Container
 ) -> None:
