@@ -28,7 +28,14 @@ extern void *bpf_rdonly_cast(const void *obj__ign, __u32 btf_id) __ksym;
 #define kernel_ptr(ptr, type) ((type *)bpf_rdonly_cast((ptr), bpf_core_type_id_kernel(type)))
 /* Kernel memory as untyped bytes (type id 0): loads of any size at any offset, fault-safe.
  * Names and pointer slots are read this way rather than with bpf_probe_read_kernel(): in
- * an event, every helper called is cold code, and a call costs about 100 ns. */
+ * an event, every helper called is cold code, and a call costs about 100 ns. The cast to
+ * type id 0 came with Linux 6.17: older kernels take the helper branch, chosen by libbpf
+ * when it loads the object (the verifier never walks the other one). */
+#ifdef PODLOCK_FORCE_PROBE_READ /* tests: the older kernels' branch, on this kernel */
+#define HAVE_BYTES_CAST 0
+#else
+#define HAVE_BYTES_CAST bpf_core_enum_value_exists(enum bpf_features, BPF_FEAT_RDONLY_CAST_TO_VOID)
+#endif
 #define kernel_bytes(ptr) ((const char *)bpf_rdonly_cast((ptr), 0))
 #define word_at(bytes, off) (*(const __u64 *)((bytes) + (off)))
 
@@ -254,9 +261,12 @@ static __always_inline void fill_hdr(struct podlock_hdr *h, struct task_struct *
 	h->session_id = lbl->session_id;
 	h->session = lbl->session;
 	h->_pad[0] = h->_pad[1] = h->_pad[2] = 0;
-	/* as bpf_get_current_comm() copies it (task is current), without the call */
-	*(__u64 *)&h->comm[0] = word_at(kernel_bytes(task->comm), 0);
-	*(__u64 *)&h->comm[8] = word_at(kernel_bytes(task->comm), 8);
+	if (HAVE_BYTES_CAST) { /* what bpf_get_current_comm() copies (task is current) */
+		*(__u64 *)&h->comm[0] = word_at(kernel_bytes(task->comm), 0);
+		*(__u64 *)&h->comm[8] = word_at(kernel_bytes(task->comm), 8);
+	} else {
+		bpf_get_current_comm(h->comm, sizeof(h->comm));
+	}
 }
 
 /* The struct mount around a vfsmount (container_of). */
@@ -276,13 +286,20 @@ struct walk_ctx {
 	int done;    /* reached the root */
 };
 
-/* The last n bytes of name[0, len) into s->buf, ending at `end`, in words: the first word
+/* The last n bytes of name[0, len) into s->buf, ending at `end`. In words: the first word
  * may begin before them, and what it puts below is overwritten by what is written next. */
-static __always_inline void put_name_end(struct scratch *s, int end, const char *name, int len,
-					 int n)
+static __always_inline void put_name_end(struct scratch *s, int end, const unsigned char *name,
+					 int len, int n)
 {
+	const char *bytes;
+
+	if (!HAVE_BYTES_CAST) {
+		bpf_probe_read_kernel(&s->buf[(end - n) & (HALF - 1)], n & 255, name + len - n);
+		return;
+	}
+	bytes = kernel_bytes(name);
 	for (int k = 0; k < 32 && 8 * k < n; k++)
-		*(__u64 *)&s->buf[(end - 8 - 8 * k) & (2 * HALF - 1)] = word_at(name, len - 8 - 8 * k);
+		*(__u64 *)&s->buf[(end - 8 - 8 * k) & (2 * HALF - 1)] = word_at(bytes, len - 8 - 8 * k);
 }
 
 /* One step of the walk up to the task's root: a mount crossing or one name.
@@ -293,7 +310,7 @@ static long walk_step(__u32 i, void *data)
 	struct scratch *s = get_scratch();
 	struct dentry *dentry = c->dentry, *parent;
 	struct vfsmount *vfsmnt = c->vfsmnt;
-	const char *name;
+	const unsigned char *name;
 	int off = c->off;
 	__u32 len;
 
@@ -320,7 +337,7 @@ static long walk_step(__u32 i, void *data)
 		return 1;
 	}
 	len = dentry->d_name.len;
-	name = kernel_bytes(dentry->d_name.name);
+	name = dentry->d_name.name;
 	if (len > 255)
 		len = 255;
 	if (off - c->lo < (int)len + 1) {
@@ -400,7 +417,10 @@ static __always_inline struct file *fd_file(struct task_struct *task, long fd)
 	if (fd < 0 || fd >= fdt->max_fds)
 		return NULL;
 	arr = fdt->fd;
-	f = (struct file *)word_at(kernel_bytes(arr), fd * sizeof(*arr));
+	if (HAVE_BYTES_CAST)
+		f = (struct file *)word_at(kernel_bytes(arr), fd * sizeof(*arr));
+	else
+		bpf_probe_read_kernel(&f, sizeof(f), &arr[fd]);
 	return f ? kernel_ptr(f, struct file) : NULL;
 }
 
@@ -414,6 +434,10 @@ static __noinline void file_path(struct scratch *s, struct task_struct *task, st
 	if (off == HALF) {
 		off = HALF - 1;
 		s->buf[HALF - 1] = '/';
+	}
+	if (!HAVE_BYTES_CAST) {
+		bpf_probe_read_kernel_str(out, PODLOCK_PATH_LEN, &s->buf[off & (2 * HALF - 1)]);
+		return;
 	}
 	/* buf[off, HALF] and its NUL, in words (the bytes after the NUL are never read) */
 	for (int k = 0; k < PODLOCK_PATH_LEN / 8 && off + 8 * k <= HALF; k++)
