@@ -16,7 +16,7 @@ from detector import procscan
 from detector.decode import RawFile, decode
 from detector.loader import DEFAULT_OBJECT, Loader
 from tests.detector.e2e.conftest import start_container, stop_container
-from tests.detector.e2e.test_e2e_paths import NAME_LENGTHS, expected_path, name_of
+from tests.detector.e2e.test_e2e_paths import write_every_name_length
 
 pytestmark = pytest.mark.root
 
@@ -41,14 +41,7 @@ def test_the_probe_read_branch_names_files_exactly(e2e_dir: Path, image: Path) -
     try:
         # started after the probes: its cgroup and its exec session are labelled in the kernel
         container = start_container(e2e_dir / "containers", image, readonly=False)
-        script = "; ".join(f'echo x > "/tmp/n/{name_of(n)}"' for n in NAME_LENGTHS)
-        result = container.exec(
-            "set -e; mkdir /tmp/n; cp /bin/busybox /tmp/busybox-15chars; "
-            f"/tmp/busybox-15chars sh -c 'echo $$ > /tmp/n/pid; {script}'"
-        )
-        assert result.returncode == 0, result.stderr
-        vpid = int((container.merged / "tmp/n/pid").read_text())
-        wanted = {expected_path(n) for n in NAME_LENGTHS}
+        wanted, vpid = write_every_name_length(container)
         seen: dict[str, RawFile] = {}
         deadline = time.monotonic() + 60
         while not wanted <= seen.keys() and time.monotonic() < deadline:

@@ -191,21 +191,27 @@ def expected_path(length: int) -> str:
     return CUT + name[-252:]
 
 
+def write_every_name_length(container: Container) -> tuple[set[str], int]:
+    """Files of every NAME_LENGTHS under /tmp/n, written in an exec session by a process
+    named `busybox-15chars`; their expected paths, and the writer's pid in the container."""
+    # busybox runs the applet in argv[1] when its own name starts with "busybox": a
+    # process whose 15-character comm fills both words of the field
+    script = "; ".join(f'echo x > "/tmp/n/{name_of(n)}"' for n in NAME_LENGTHS)
+    result = container.exec(
+        "set -e; mkdir /tmp/n; cp /bin/busybox /tmp/busybox-15chars; "
+        f"/tmp/busybox-15chars sh -c 'echo $$ > /tmp/n/pid; {script}'"
+    )
+    assert result.returncode == 0, result.stderr
+    vpid = int((container.merged / "tmp/n/pid").read_text())
+    return {expected_path(n) for n in NAME_LENGTHS}, vpid
+
+
 def test_opened_files_are_named_exactly_at_every_name_length(
     detector: Any, own_container: Container
 ) -> None:
     """Names, the comm and the namespace pid come from direct loads in words: every
     length comes out exact, and a cut keeps the end of the file's own name."""
-    # busybox runs the applet in argv[1] when its own name starts with "busybox": a
-    # process whose 15-character comm fills both words of the field
-    script = "; ".join(f'echo x > "/tmp/n/{name_of(n)}"' for n in NAME_LENGTHS)
-    result = own_container.exec(
-        "set -e; mkdir /tmp/n; cp /bin/busybox /tmp/busybox-15chars; "
-        f"/tmp/busybox-15chars sh -c 'echo $$ > /tmp/n/pid; {script}'"
-    )
-    assert result.returncode == 0, result.stderr
-    vpid = int((own_container.merged / "tmp/n/pid").read_text())
-    wanted = {expected_path(n) for n in NAME_LENGTHS}
+    wanted, vpid = write_every_name_length(own_container)
     opens: dict[str, dict[str, Any]] = {}
 
     def all_seen(_alerts: object) -> bool:
